@@ -1,0 +1,107 @@
+"""`lantern scan`: hostnames of AI services (or all names) in pcap and pcapng files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from agent.exceptions import AgentError
+from agent.scan import Scanner, Sighting, summarise
+from lantern.output import Progress, print_table
+from signatures.cli import catalog_dir_option, load_or_exit
+from signatures.matcher import Matcher
+
+
+def sighting_json(s: Sighting) -> dict[str, object]:
+    o, m = s.observation, s.match
+    svc = m.service if m else None
+    return {
+        "ts": round(o.ts, 6),
+        "src": o.src,
+        "sport": o.sport,
+        "dst": o.dst,
+        "dport": o.dport,
+        "proto": o.proto,
+        "name": o.name,
+        "service": svc.id if svc else None,
+        "tool": svc.name if svc else None,
+        "vendor": svc.vendor if svc else None,
+        "category": svc.category if svc else None,
+        "tier": m.tier if m else None,
+        "file": s.file,
+    }
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per observation per line.")
+@click.option("--all", "all_names", is_flag=True, help="Every extracted name, not only AI matches.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show progress on stderr (default: when stderr is a terminal).",
+)
+@catalog_dir_option
+def scan(
+    files: tuple[Path, ...],
+    as_json: bool,
+    all_names: bool,
+    progress: bool | None,
+    catalog_dirs: tuple[Path, ...],
+) -> None:
+    """Read pcap/pcapng FILES and report the AI services seen (DNS, TLS SNI, QUIC, HTTP).
+
+    Exit status: 0 when every file was read, 2 when one was missing or corrupt.
+    """
+    scanner = Scanner(Matcher(load_or_exit(catalog_dirs).services))
+    bar = Progress(progress)
+    kept: list[Sighting] = []
+    failed = False
+    for path in files:
+        try:
+            for s in scanner.scan_file(path, progress=bar):
+                if s.match is None and not all_names:
+                    continue
+                if as_json:
+                    click.echo(json.dumps(sighting_json(s)))
+                else:
+                    kept.append(s)
+        except AgentError as exc:
+            bar.clear()
+            click.echo(f"lantern: {exc}", err=True)
+            failed = True
+        bar.clear()
+    if not as_json:
+        _print_summary(scanner, kept, all_names)
+    if failed:
+        sys.exit(2)
+
+
+def _print_summary(scanner: Scanner, kept: list[Sighting], all_names: bool) -> None:
+    rows = [
+        (
+            r.service or "-",
+            r.tool or "-",
+            r.vendor or "-",
+            r.name,
+            " ".join(f"{p}:{n}" for p, n in sorted(r.protos.items())),
+            str(r.count),
+        )
+        for r in summarise(kept)
+    ]
+    st = scanner.stats
+    if rows:
+        print_table(("SERVICE", "TOOL", "VENDOR", "NAME", "SEEN AS", "COUNT"), rows)
+        click.echo()
+    elif not all_names:
+        click.echo("No AI services seen.")
+    services = len({s.match.service.id for s in kept if s.match})
+    malformed = sum(v for k, v in st.counters.items() if "malformed" in k)
+    click.echo(
+        f"{st.files} file(s), {st.packets:,} packets in {st.seconds:.2f}s: "
+        f"{st.names:,} names, {st.matches:,} AI sightings of {services} service(s); "
+        f"{malformed} malformed skipped"
+    )

@@ -1,0 +1,172 @@
+"""Frames of decrypted client Initial payloads, and reassembly of the CRYPTO stream they carry."""
+
+from __future__ import annotations
+
+import re
+
+from agent.exceptions import DecodeError, TruncatedError
+
+FRAME_PADDING = 0x00
+FRAME_PING = 0x01
+FRAME_ACK = 0x02
+FRAME_ACK_ECN = 0x03
+FRAME_CRYPTO = 0x06
+FRAME_CONNECTION_CLOSE = 0x1C
+GQUIC_FRAME_PING = 0x07
+GQUIC_FRAME_CRYPTO = 0x08
+
+_NONZERO = re.compile(b"[^\x00]")
+# A sender can claim any range count; more ranges than bytes left is malformed, but bounding the
+# loop up front keeps a lying count from costing more than the payload it arrived in.
+_MAX_ACK_RANGES = 1024
+
+CryptoChunk = tuple[int, bytes]  # (stream offset, data)
+
+
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """A QUIC variable-length integer (RFC 9000 section 16) at ``pos``: (value, next position)."""
+    if pos >= len(buf):
+        raise TruncatedError("varint")
+    first = buf[pos]
+    size = 1 << (first >> 6)
+    if size == 1:
+        return first, pos + 1
+    end = pos + size
+    if end > len(buf):
+        raise TruncatedError("varint")
+    return int.from_bytes(buf[pos:end], "big") & ((1 << (8 * size - 2)) - 1), end
+
+
+def _skip_padding(payload: bytes, pos: int) -> int:
+    found = _NONZERO.search(payload, pos)
+    return len(payload) if found is None else found.start()
+
+
+def _crypto_frame(payload: bytes, pos: int) -> tuple[CryptoChunk, int]:
+    offset, pos = read_varint(payload, pos)
+    length, pos = read_varint(payload, pos)
+    end = pos + length
+    if end > len(payload):
+        raise DecodeError("CRYPTO frame overruns the packet")
+    return (offset, payload[pos:end]), end
+
+
+def _skip_ack(payload: bytes, pos: int, ecn: bool) -> int:
+    _, pos = read_varint(payload, pos)  # largest acknowledged
+    _, pos = read_varint(payload, pos)  # ack delay
+    count, pos = read_varint(payload, pos)
+    if count > _MAX_ACK_RANGES:
+        raise DecodeError("ACK frame with too many ranges")
+    _, pos = read_varint(payload, pos)  # first range
+    for _ in range(count):
+        _, pos = read_varint(payload, pos)  # gap
+        _, pos = read_varint(payload, pos)  # range length
+    if ecn:
+        for _ in range(3):
+            _, pos = read_varint(payload, pos)
+    return pos
+
+
+def _skip_connection_close(payload: bytes, pos: int) -> int:
+    _, pos = read_varint(payload, pos)  # error code
+    _, pos = read_varint(payload, pos)  # offending frame type
+    length, pos = read_varint(payload, pos)
+    if pos + length > len(payload):
+        raise DecodeError("CONNECTION_CLOSE reason overruns the packet")
+    return pos + length
+
+
+def initial_crypto_chunks(payload: bytes) -> tuple[list[CryptoChunk], int | None]:
+    """The CRYPTO data of an IETF QUIC Initial payload, and the type of an unknown frame if one
+    stopped the walk (its length is unknown, so nothing after it can be read).
+
+    Only frames allowed in Initial packets (RFC 9000 table 3) are understood.
+    """
+    chunks: list[CryptoChunk] = []
+    pos, n = 0, len(payload)
+    while pos < n:
+        ftype = payload[pos]
+        pos += 1
+        if ftype == FRAME_PADDING:
+            pos = _skip_padding(payload, pos)
+        elif ftype == FRAME_CRYPTO:
+            chunk, pos = _crypto_frame(payload, pos)
+            chunks.append(chunk)
+        elif ftype == FRAME_PING:
+            continue
+        elif ftype in (FRAME_ACK, FRAME_ACK_ECN):
+            pos = _skip_ack(payload, pos, ftype == FRAME_ACK_ECN)
+        elif ftype == FRAME_CONNECTION_CLOSE:
+            pos = _skip_connection_close(payload, pos)
+        else:
+            return chunks, ftype
+    return chunks, None
+
+
+def gquic_crypto_chunks(payload: bytes) -> tuple[list[CryptoChunk], int | None]:
+    """The CRYPTO data of a Google Q050/T05x Initial payload, which uses gQUIC frame types.
+
+    gQUIC ACK frames have a version-specific layout we do not need, so they stop the walk; the
+    client's first Initials, which carry the hello, have none.
+    """
+    chunks: list[CryptoChunk] = []
+    pos, n = 0, len(payload)
+    while pos < n:
+        ftype = payload[pos]
+        pos += 1
+        if ftype == FRAME_PADDING:
+            pos = _skip_padding(payload, pos)
+        elif ftype == GQUIC_FRAME_CRYPTO:
+            chunk, pos = _crypto_frame(payload, pos)
+            chunks.append(chunk)
+        elif ftype == GQUIC_FRAME_PING:
+            continue
+        else:
+            return chunks, ftype
+    return chunks, None
+
+
+class CryptoStream:
+    """Reassembles the start of one CRYPTO stream from chunks in any order, with overlaps.
+
+    Only the first ``limit`` bytes are kept: a client's Initial CRYPTO stream holds nothing but
+    its hello, so anything past the limit belongs to a hello too big to keep (or to an attacker).
+    """
+
+    __slots__ = ("_buf", "_ranges", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._ranges: list[tuple[int, int]] = []  # sorted, disjoint, non-adjacent [start, end)
+
+    def add(self, offset: int, data: bytes) -> None:
+        end = min(offset + len(data), self.limit)
+        if offset >= end:
+            return
+        if end > len(self._buf):
+            self._buf.extend(bytes(end - len(self._buf)))
+        self._buf[offset:end] = data[: end - offset]
+        merged: list[tuple[int, int]] = []
+        start = offset
+        for lo, hi in self._ranges:
+            if hi < start or lo > end:
+                merged.append((lo, hi))
+            else:
+                start, end = min(lo, start), max(hi, end)
+        merged.append((start, end))
+        merged.sort()
+        self._ranges = merged
+
+    def contiguous(self) -> int:
+        """How many bytes from offset 0 are present."""
+        if self._ranges and self._ranges[0][0] == 0:
+            return self._ranges[0][1]
+        return 0
+
+    def prefix(self, length: int) -> bytes:
+        return bytes(self._buf[:length])
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
