@@ -222,7 +222,7 @@ def _hosts(where: _Where, raw: Any, shared_infra: frozenset[str]) -> Iterator[Ho
                 raise where.error(fname, "needs exactly one of domain, exact, regex", line)
             kind = kinds[0]
             value = item[kind]
-            tier = _tier(where, item.get("tier"), f"{fname}.tier")
+            tier = _tier(where, item.get("tier"), f"{fname}.tier", line)
             pinned = item.get("pinned", False)
             if not isinstance(pinned, bool):
                 raise where.error(f"{fname}.pinned", "must be true or false", line)
@@ -308,15 +308,15 @@ def _fact(where: _Where, attribute: str, fact: Any, fname: str) -> RiskFact:
         if not _DATE.match(as_of):
             raise where.error(f"{fname}.as_of", "must be a date YYYY-MM-DD", line)
     return RiskFact(
-        attribute, value, source, _tier(where, fact.get("tier"), f"{fname}.tier"), note, as_of
+        attribute, value, source, _tier(where, fact.get("tier"), f"{fname}.tier", line), note, as_of
     )
 
 
-def _tier(where: _Where, value: Any, fname: str) -> Tier | None:
+def _tier(where: _Where, value: Any, fname: str, line: int | None = None) -> Tier | None:
     if value is None:
         return None
     if value not in TIERS:
-        raise where.error(fname, f"{value!r} is not one of {', '.join(TIERS)}")
+        raise where.error(fname, f"{value!r} is not one of {', '.join(TIERS)}", line)
     return value  # type: ignore[no-any-return]
 
 

@@ -90,12 +90,15 @@ class DnsMessage:
     answers: tuple[DnsRecord, ...]
 
 
-def parse_dns(data: bytes) -> DnsMessage:
+def parse_dns(data: bytes | bytearray | memoryview) -> DnsMessage:
     """Decode the header, questions and answers of one DNS message.
 
     Raises ``TruncatedError`` when the bytes end inside the questions or answers and
     ``DecodeError`` for any other malformation.
     """
+    if type(data) is not bytes:
+        # A stream reassembler may hand over a bytearray or memoryview; ipaddress takes only bytes.
+        data = bytes(data)
     if len(data) < _HEADER_LEN:
         raise TruncatedError(f"DNS header needs {_HEADER_LEN} bytes, got {len(data)}")
     msg_id, flags, qdcount, ancount, _nscount, _arcount = _HEADER.unpack_from(data)
@@ -122,7 +125,7 @@ def parse_dns(data: bytes) -> DnsMessage:
     )
 
 
-def split_tcp_dns(buffer: bytes) -> tuple[list[bytes], int]:
+def split_tcp_dns(buffer: bytes | bytearray | memoryview) -> tuple[list[bytes], int]:
     """Cut complete DNS-over-TCP messages (RFC 1035 4.2.2, 2-byte length prefix) off ``buffer``.
 
     Returns the messages and how many bytes they used; the rest is an incomplete message that the
@@ -137,7 +140,7 @@ def split_tcp_dns(buffer: bytes) -> tuple[list[bytes], int]:
         stop = pos + 2 + length
         if stop > end:
             break
-        messages.append(buffer[pos + 2 : stop])
+        messages.append(bytes(buffer[pos + 2 : stop]))
         pos = stop
     return messages, pos
 

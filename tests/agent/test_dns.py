@@ -13,7 +13,6 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdata
-import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -33,8 +32,10 @@ from agent.extract.dns import (
     parse_dns,
     split_tcp_dns,
 )
+from agent.extract.dnscache import IpNameCache
 
-PCAPS = Path("/work/shared/testdata/pcaps")
+# The shared test data sits beside the repository checkout (…/main and …/shared).
+PCAPS = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "pcaps"
 ECH_B64 = "AARhYmNk"  # smallest ECHConfigList dnspython accepts: length 4, then 4 bytes
 
 # --------------------------------------------------------------------------- factories
@@ -240,89 +241,100 @@ def test_ttl_with_top_bit_set_is_zero() -> None:
 # --------------------------------------------------------------------------- malformed input
 
 HEADER_1Q = struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0)
-HEADER_1A = struct.pack("!HHHHHH", 1, 0x8180, 1, 1, 0, 0)
 QUESTION = b"\x07example\x03com\x00\x00\x01\x00\x01"
 
 
+def one_answer(rtype: int, rdata: bytes, rdlength: int | None = None) -> bytes:
+    """A response to QUESTION with one answer owned by the question name (a pointer to it)."""
+    header = struct.pack("!HHHHHH", 1, 0x8180, 1, 1, 0, 0)
+    length = len(rdata) if rdlength is None else rdlength
+    return header + QUESTION + struct.pack("!HHHIH", 0xC00C, rtype, 1, 60, length) + rdata
+
+
 @pytest.mark.parametrize(
-    ("wire", "error"),
+    ("wire", "error", "reason"),
     [
-        pytest.param(b"", TruncatedError, id="empty"),
-        pytest.param(HEADER_1Q[:11], TruncatedError, id="short-header"),
-        pytest.param(HEADER_1Q, TruncatedError, id="question-missing"),
-        pytest.param(HEADER_1Q + QUESTION[:-1], TruncatedError, id="question-cut"),
-        pytest.param(HEADER_1Q + b"\x07exam", TruncatedError, id="label-cut"),
-        pytest.param(HEADER_1Q + b"\xc0", TruncatedError, id="pointer-cut"),
-        pytest.param(HEADER_1Q + b"\xc0\x0c\x00\x01\x00\x01", DecodeError, id="pointer-to-self"),
-        pytest.param(HEADER_1Q + b"\xc0\x20\x00\x01\x00\x01", DecodeError, id="pointer-forward"),
-        pytest.param(HEADER_1Q + b"\x41abc\x00\x00\x01\x00\x01", DecodeError, id="label-type-0x40"),
-        pytest.param(HEADER_1Q + b"\x81abc\x00\x00\x01\x00\x01", DecodeError, id="label-type-0x80"),
+        pytest.param(b"", TruncatedError, "header", id="empty"),
+        pytest.param(HEADER_1Q[:11], TruncatedError, "header", id="short-header"),
+        pytest.param(HEADER_1Q, TruncatedError, "runs past", id="question-missing"),
+        pytest.param(HEADER_1Q + QUESTION[:-1], TruncatedError, "question ends", id="question-cut"),
+        pytest.param(HEADER_1Q + b"\x07exam", TruncatedError, "label runs past", id="label-cut"),
+        pytest.param(HEADER_1Q + b"\xc0", TruncatedError, "cut in half", id="pointer-cut"),
+        pytest.param(
+            HEADER_1Q + b"\xc0\x0c\x00\x01\x00\x01", DecodeError, "backwards", id="pointer-to-self"
+        ),
+        pytest.param(
+            HEADER_1Q + b"\xc0\x20\x00\x01\x00\x01", DecodeError, "backwards", id="pointer-forward"
+        ),
+        pytest.param(
+            HEADER_1Q + b"\x41abc\x00\x00\x01\x00\x01",
+            DecodeError,
+            "label type 0x40",
+            id="label-type-0x40",
+        ),
+        pytest.param(
+            HEADER_1Q + b"\x81abc\x00\x00\x01\x00\x01",
+            DecodeError,
+            "label type 0x80",
+            id="label-type-0x80",
+        ),
         pytest.param(
             HEADER_1Q + (b"\x3f" + b"a" * 63) * 4 + b"\x00\x00\x01\x00\x01",
             DecodeError,
-            id="name-256",
+            "longer than 255",
+            id="name-over-255",
+        ),
+        pytest.param(one_answer(1, b"abcde"), DecodeError, "A record with 5", id="a-5-bytes"),
+        pytest.param(one_answer(28, b"abcd"), DecodeError, "AAAA record with 4", id="aaaa-4-bytes"),
+        pytest.param(
+            one_answer(1, b"ab", rdlength=4), TruncatedError, "record data ends", id="rdata-cut"
         ),
         pytest.param(
-            HEADER_1A + QUESTION + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x05abcde",
+            one_answer(1, b"")[:-4], TruncatedError, "record header ends", id="rr-header-cut"
+        ),
+        pytest.param(
+            one_answer(5, b"\xc0\x0cX"), DecodeError, "does not fill", id="cname-trailing-junk"
+        ),
+        pytest.param(
+            one_answer(5, b"\x01a\x00", rdlength=1),
             DecodeError,
-            id="a-5-bytes",
+            "does not fill",
+            id="cname-overruns",
         ),
+        pytest.param(one_answer(65, b"\x00\x01"), DecodeError, "too short", id="https-too-short"),
         pytest.param(
-            HEADER_1A + QUESTION + b"\xc0\x0c\x00\x1c\x00\x01\x00\x00\x00\x3c\x00\x04abcd",
+            one_answer(65, b"\x00\x01\x00" + b"\x00\x04\x00\x03abc"),
             DecodeError,
-            id="aaaa-4-bytes",
+            "ipv4hint of 3",
+            id="ipv4hint-3",
         ),
         pytest.param(
-            HEADER_1A + QUESTION + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04ab",
-            TruncatedError,
-            id="rdata-cut",
-        ),
-        pytest.param(
-            HEADER_1A + QUESTION + b"\xc0\x0c\x00\x01\x00\x01\x00\x00",
-            TruncatedError,
-            id="rr-header-cut",
-        ),
-        pytest.param(
-            HEADER_1A + QUESTION + b"\xc0\x0c\x00\x05\x00\x01\x00\x00\x00\x3c\x00\x03\xc0\x0cX",
+            one_answer(65, b"\x00\x01\x00" + b"\x00\x06\x00\x0f" + bytes(15)),
             DecodeError,
-            id="cname-trailing-junk",
+            "ipv6hint of 15",
+            id="ipv6hint-15",
         ),
         pytest.param(
-            HEADER_1A + QUESTION + b"\xc0\x0c\x00\x05\x00\x01\x00\x00\x00\x3c\x00\x01\x01a\x00",
+            one_answer(65, b"\x00\x01\x00" + b"\x00\x06\x00\x04"),
             DecodeError,
-            id="cname-overruns-rdata",
-        ),
-        pytest.param(
-            HEADER_1A + QUESTION + b"\xc0\x0c\x00\x41\x00\x01\x00\x00\x00\x3c\x00\x02\x00\x01",
-            DecodeError,
-            id="https-too-short",
-        ),
-        pytest.param(
-            HEADER_1A
-            + QUESTION
-            + b"\xc0\x0c\x00\x41\x00\x01\x00\x00\x00\x3c\x00\x09\x00\x01\x00\x00\x04\x00\x03abc",
-            DecodeError,
-            id="ipv4hint-3-bytes",
-        ),
-        pytest.param(
-            HEADER_1A
-            + QUESTION
-            + b"\xc0\x0c\x00\x41\x00\x01\x00\x00\x00\x3c\x00\x07\x00\x01\x00\x00\x06\x00\x04",
-            DecodeError,
+            "parameter overruns",
             id="svc-param-overruns",
         ),
         pytest.param(
-            HEADER_1A
-            + QUESTION
-            + b"\xc0\x0c\x00\x41\x00\x01\x00\x00\x00\x3c\x00\x05\x00\x01\x00\x00\x06",
+            one_answer(65, b"\x00\x01\x00" + b"\x00\x06"),
             DecodeError,
+            "parameter header overruns",
             id="svc-param-header-cut",
         ),
     ],
 )
-def test_malformed_messages_raise_decode_errors(wire: bytes, error: type[DecodeError]) -> None:
-    with pytest.raises(error):
+def test_malformed_messages_raise_decode_errors(
+    wire: bytes, error: type[DecodeError], reason: str
+) -> None:
+    with pytest.raises(DecodeError, match=reason) as caught:
         parse_dns(wire)
+    # TruncatedError tells a TCP caller to wait for more bytes, so the two must not be confused.
+    assert caught.type is error
 
 
 def pointer_chain_message(depth: int) -> bytes:
@@ -359,6 +371,12 @@ def test_split_tcp_dns_returns_complete_messages_and_bytes_used() -> None:
     assert split_tcp_dns(b"") == ([], 0)
     assert split_tcp_dns(b"\x00") == ([], 0)
     assert split_tcp_dns(b"\x00\x00") == ([b""], 2)
+    assert split_tcp_dns(bytearray(stream)) == ([one, two], len(stream))
+
+
+def test_bytearray_and_memoryview_decode_like_bytes() -> None:
+    wire = make_response("v6.example", "AAAA", (("v6.example.", 60, "AAAA", "2001:db8::1"),))
+    assert parse_dns(bytearray(wire)) == parse_dns(memoryview(wire)) == parse_dns(wire)
 
 
 # --------------------------------------------------------------------------- hypothesis
@@ -623,3 +641,28 @@ def test_capture_names_match_tshark(filename: str) -> None:
     if filename in MALFORMED_RESPONSES:
         del want_cnames["<name"]
     assert cnames == want_cnames
+
+
+@pytest.mark.parametrize("filename", ["ndpi__teams.pcap", "zeek__dns-two-responses.pcap"])
+def test_capture_answers_feed_the_ip_cache_like_dnspython_resolves_chains(filename: str) -> None:
+    cache = IpNameCache()
+    responses = []
+    for payload in dns_payloads(PCAPS / filename):
+        msg = parse_dns(payload)
+        if msg.is_response:
+            cache.on_response(0.0, msg)
+            responses.append(payload)
+    checked = 0
+    for payload in responses:
+        oracle = dns.message.from_wire(payload)
+        if not oracle.question or oracle.question[0].rdtype not in (TYPE_A, TYPE_AAAA):
+            continue
+        chain = oracle.resolve_chaining()
+        if chain.answer is None:
+            continue
+        for rd in chain.answer:
+            names = cache.lookup(str(ipaddress.ip_address(rd.address)), 0.0)
+            assert oracle_name(oracle.question[0].name) in names
+            assert oracle_name(chain.canonical_name) in names
+            checked += 1
+    assert checked > 0
