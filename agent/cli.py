@@ -58,6 +58,8 @@ def scan(
     """
     scanner = Scanner(Matcher(load_or_exit(catalog_dirs).services))
     bar = Progress(progress)
+    # click.echo per line costs more than the scan of a packet; write to the stream directly
+    out = click.get_text_stream("stdout")
     kept: list[Sighting] = []
     failed = False
     for path in files:
@@ -66,7 +68,7 @@ def scan(
                 if s.match is None and not all_names:
                     continue
                 if as_json:
-                    click.echo(json.dumps(sighting_json(s)))
+                    out.write(json.dumps(sighting_json(s)) + "\n")
                 else:
                     kept.append(s)
         except AgentError as exc:

@@ -107,11 +107,34 @@ class PcapFileSource:
         size = self._size
         pos = 0
         endian = "<"
+        # One struct per section byte order; the enhanced packet block header (type, length,
+        # interface, ts high, ts low, caplen) is read with a single unpack: it is the hot path.
+        head = struct.Struct("<II")
+        epb = struct.Struct("<IIIIII")
         # per section: interface id -> (linktype, seconds per timestamp unit)
         ifaces: list[tuple[int, float]] = []
         while pos + 12 <= size:
-            (btype,) = struct.unpack_from(endian + "I", mm, pos)
-            if btype == 0x0A0D0D0A:
+            btype, blen = head.unpack_from(mm, pos)
+            if btype == 6 and blen >= 32 and not blen & 3:
+                end = pos + blen
+                if end > size:
+                    break
+                _, _, iface, ts_hi, ts_lo, caplen = epb.unpack_from(mm, pos)
+                data_start = pos + 28
+                if iface >= len(ifaces) or data_start + caplen > end:
+                    self.counters.inc("pcap.bad_block")
+                else:
+                    linktype, unit = ifaces[iface]
+                    self._pos = pos = end
+                    yield (
+                        ((ts_hi << 32) | ts_lo) * unit,
+                        linktype,
+                        mm[data_start : data_start + caplen],
+                    )
+                    continue
+                pos = end
+                continue
+            if (btype & 0xFFFFFFFF) == 0x0A0D0D0A:
                 (bom,) = struct.unpack_from("<I", mm, pos + 8)
                 if bom == _BOM:
                     endian = "<"
@@ -119,35 +142,24 @@ class PcapFileSource:
                     endian = ">"
                 else:
                     raise CaptureError(f"{self.path}: corrupt pcapng section header at {pos}")
+                head = struct.Struct(endian + "II")
+                epb = struct.Struct(endian + "IIIIII")
+                btype, blen = head.unpack_from(mm, pos)
                 ifaces = []
-            (blen,) = struct.unpack_from(endian + "I", mm, pos + 4)
             if blen < 12 or blen % 4 or blen > _MAX_RECORD + 64:
                 if pos + blen > size or blen < 12:
-                    self._truncated()
-                    return
+                    break
                 raise CaptureError(f"{self.path}: corrupt pcapng block length at offset {pos}")
             end = pos + blen
             if end > size:
-                self._truncated()
-                return
-            if btype in {6, 2}:  # enhanced packet block, obsolete packet block
-                if btype == 6:
-                    iface, ts_hi, ts_lo, caplen = struct.unpack_from(endian + "IIII", mm, pos + 8)
-                else:
-                    iface, _, ts_hi, ts_lo, caplen = struct.unpack_from(
-                        endian + "HHIII", mm, pos + 8
-                    )
-                data_start = pos + 28
-                if iface >= len(ifaces) or data_start + caplen > end:
-                    self.counters.inc("pcap.bad_block")
-                else:
+                break
+            if btype == 2:  # obsolete packet block
+                iface, _, ts_hi, ts_lo, caplen = struct.unpack_from(endian + "HHIII", mm, pos + 8)
+                if iface < len(ifaces) and pos + 28 + caplen <= end:
                     linktype, unit = ifaces[iface]
-                    self._pos = end
-                    yield (
-                        ((ts_hi << 32) | ts_lo) * unit,
-                        linktype,
-                        mm[data_start : data_start + caplen],
-                    )
+                    yield ((ts_hi << 32) | ts_lo) * unit, linktype, mm[pos + 28 : pos + 28 + caplen]
+                else:
+                    self.counters.inc("pcap.bad_block")
             elif btype == 3:  # simple packet block: no timestamp, interface 0
                 (orig_len,) = struct.unpack_from(endian + "I", mm, pos + 8)
                 caplen = min(orig_len, blen - 16)

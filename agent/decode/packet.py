@@ -62,6 +62,46 @@ class PacketDecoder:
         self.fragments = fragments or FragmentReassembler(counters)
 
     def decode(self, ts: float, linktype: int, frame: bytes) -> Segment | None:
+        # Fast path for the common case: Ethernet, IPv4 without options or fragments.
+        if (
+            linktype == LINKTYPE_ETHERNET
+            and len(frame) >= 54
+            and frame[12] == 8
+            and frame[13] == 0
+            and frame[14] == 0x45
+            and not (frame[20] & 0x3F or frame[21])
+        ):
+            proto = frame[23]
+            total = (frame[16] << 8) | frame[17]
+            end = 14 + total if total >= 20 else 0
+            if end > len(frame) or end < 34:
+                end = len(frame) if total >= 20 else 0
+            if proto == TCP and end >= 54:
+                doff = (frame[46] >> 4) * 4
+                if doff >= 20 and 34 + doff <= end:
+                    return (
+                        TCP,
+                        frame[26:30],
+                        frame[30:34],
+                        (frame[34] << 8) | frame[35],
+                        (frame[36] << 8) | frame[37],
+                        (frame[38] << 24) | (frame[39] << 16) | (frame[40] << 8) | frame[41],
+                        frame[47],
+                        frame[34 + doff : end],
+                    )
+            elif proto == UDP and end >= 42:
+                ulen = (frame[38] << 8) | frame[39]
+                stop = 34 + ulen if 8 <= ulen <= end - 34 else end
+                return (
+                    UDP,
+                    frame[26:30],
+                    frame[30:34],
+                    (frame[34] << 8) | frame[35],
+                    (frame[36] << 8) | frame[37],
+                    0,
+                    0,
+                    frame[42:stop],
+                )
         off = self._network_offset(linktype, frame)
         if off < 0:
             return None

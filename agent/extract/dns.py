@@ -7,9 +7,9 @@ HTTPS records.
 
 Names come out lower-cased, without the trailing dot; the root is ``""``. A label byte outside
 printable ASCII, and the characters ``"().;\\@$``, are escaped the way dnspython's ``to_text``
-does (``\\DDD``, ``\\.``). So a label that carries a dot or binary cannot pose as two labels,
-and such a name never matches a catalog entry, yet it stays visible as a name for counters and
-debugging instead of failing the whole message.
+does (``\\DDD``, ``\\.``). So a label that carries a dot cannot pose as two labels, an escaped
+label never equals a catalog label, and the odd record still decodes instead of failing the
+whole message (mDNS service names with spaces or UTF-8 are common).
 
 One malformed answer rejects the whole message: a message whose structure does not hold is not
 evidence, and the caller counts the ``DecodeError``.
@@ -58,6 +58,8 @@ _PLAIN = bytes(b for b in range(0x21, 0x7F) if b not in b'"().;\\@$')
 
 @dataclass(frozen=True, slots=True)
 class DnsQuestion:
+    """One question: the name asked (normalised as described above) and its query type."""
+
     name: str
     qtype: int
 
@@ -82,6 +84,8 @@ class DnsRecord:
 
 @dataclass(frozen=True, slots=True)
 class DnsMessage:
+    """The parts of a message that name extraction uses; ``answers`` is the answer section only."""
+
     id: int
     is_response: bool
     opcode: int

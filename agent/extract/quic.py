@@ -270,7 +270,10 @@ class QuicTracker:
         have = crypto.contiguous()
         chlo = flow.spec.chlo
         try:
-            need = chlo_length(crypto.prefix(have)) if chlo else handshake_length(crypto.prefix(4))
+            if chlo:
+                need = chlo_length(crypto.prefix(have))
+            else:  # the prefix past ``have`` is zero fill, not data
+                need = handshake_length(crypto.prefix(4)) if have >= 4 else None
             if need is None:
                 return None
             if need > crypto.limit:

@@ -136,11 +136,16 @@ class InitialKeys:
 
     def open(self, packet_number: int, header: bytes, ciphertext: bytes) -> bytes | None:
         """The plaintext, or None when the tag does not verify (wrong keys or not QUIC)."""
-        nonce = (self._iv ^ packet_number).to_bytes(12, "big")
         try:
-            return self._aead.decrypt(nonce, ciphertext, header)
+            return self._aead.decrypt(self._nonce(packet_number), ciphertext, header)
         except InvalidTag:
             return None
+
+    def seal(self, packet_number: int, header: bytes, plaintext: bytes) -> bytes:
+        return self._aead.encrypt(self._nonce(packet_number), plaintext, header)
+
+    def _nonce(self, packet_number: int) -> bytes:
+        return (self._iv ^ packet_number).to_bytes(12, "big")
 
 
 def decode_packet_number(largest: int, truncated: int, nbits: int) -> int:
@@ -182,3 +187,19 @@ def open_long_packet(
     if plain is None:
         return None
     return pn, plain
+
+
+def protect_long_packet(
+    keys: InitialKeys, header: bytes, packet_number: int, payload: bytes
+) -> bytes:
+    """Encrypt and header-protect one long-header packet; ``header`` ends with the plain packet
+    number. Lantern never sends packets: this builds test and benchmark traffic.
+    """
+    pn_len = (header[0] & 0x03) + 1
+    pn_offset = len(header) - pn_len
+    sealed = keys.seal(packet_number, header, payload)
+    sample_at = 4 - pn_len
+    mask = keys.header_mask(sealed[sample_at : sample_at + SAMPLE_LEN])
+    protected_pn = bytes(b ^ m for b, m in zip(header[pn_offset:], mask[1:], strict=False))
+    first = header[0] ^ (mask[0] & 0x0F)
+    return bytes((first,)) + header[1:pn_offset] + protected_pn + sealed

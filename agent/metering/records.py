@@ -34,7 +34,9 @@ class Usage:
     and a keyed hash plus short hint of the API key.
     """
 
-    provider: str  # OpenTelemetry gen_ai.provider.name where one is defined ("openai", "aws.bedrock")
+    provider: (
+        str  # OpenTelemetry gen_ai.provider.name where one is defined ("openai", "aws.bedrock")
+    )
     model: str | None
     operation: str  # OpenTelemetry gen_ai.operation.name: chat, text_completion, embeddings, ...
     endpoint: str  # finer kind: "chat_completions", "responses", "messages", "converse", ...
@@ -44,7 +46,9 @@ class Usage:
     cache_read_tokens: int | None
     cache_write_tokens: int | None
     reasoning_tokens: int | None
-    estimated: bool = False  # counts derived from byte sizes (web apps), not reported by the provider
+    estimated: bool = (
+        False  # counts derived from byte sizes (web apps), not reported by the provider
+    )
     cost_usd: float | None = None
     status_code: int | None = None
     deployment: str | None = None  # Azure OpenAI deployment name from the URL path

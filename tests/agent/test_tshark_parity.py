@@ -77,7 +77,9 @@ def test_scan_finds_what_tshark_finds(pcap_dir: Path, name: str) -> None:
     # Lantern also reports the names on CNAME chains (a company alias can point at an AI
     # service); every extra DNS name must be one tshark shows as a CNAME target.
     extra_dns = got["dns"] - want["dns"]
-    assert extra_dns <= want["cname"], f"{name}: DNS names not from CNAMEs: {extra_dns - want['cname']}"
+    assert extra_dns <= want["cname"], (
+        f"{name}: DNS names not from CNAMEs: {extra_dns - want['cname']}"
+    )
 
 
 def test_every_capture_is_covered(pcap_dir: Path) -> None:

@@ -1,0 +1,1 @@
+"""Provider parsers: one module per wire-format family, each turning events into `Counts`."""
