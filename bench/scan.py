@@ -149,12 +149,11 @@ def main() -> None:
                     tset = tshark_names(out)
         l_med, t_med = statistics.median(lt), statistics.median(tt)
         print(f"runs: {args.runs} each, alternating order; medians below")
-        print(
-            f"lantern scan : {n / l_med:>10,.0f} packets/s  {l_med:6.2f} s  peak RSS {max(lm) / 1024:6.1f} MiB"
-        )
-        print(
-            f"tshark fields: {n / t_med:>10,.0f} packets/s  {t_med:6.2f} s  peak RSS {max(tm) / 1024:6.1f} MiB"
-        )
+        for label, med, rss in (("lantern scan ", l_med, lm), ("tshark fields", t_med, tm)):
+            print(
+                f"{label}: {n / med:>10,.0f} packets/s  {med:6.2f} s  "
+                f"peak RSS {max(rss) / 1024:6.1f} MiB"
+            )
         print(f"ratio        : lantern is {t_med / l_med:.1f}x tshark's speed")
         only_l, only_t = sorted(lset - tset), sorted(tset - lset)
         same = "identical" if not only_l and not only_t else "DIFFERENT"
