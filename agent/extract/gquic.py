@@ -29,7 +29,7 @@ _PUBLIC_FLAG_CID = 0x08
 _PN_LENGTHS = (1, 2, 4, 6)  # public flags bits 0x30
 _FIRST_BIG_ENDIAN = 39  # Q039 switched the framing's integers from little- to big-endian
 _FIRST_WITHOUT_PRIVATE_FLAGS = 34
-_LONG_HEADER_VERSIONS = frozenset((0x51303434, 0x51303435, 0x51303436))  # Q044-Q046
+LONG_HEADER_VERSIONS = frozenset((0x51303434, 0x51303435, 0x51303436))  # Q044-Q046
 
 
 _NO_CHLO_FOUND: tuple[bool, str | None] = (False, None)
@@ -81,7 +81,7 @@ def parse_legacy_packet(payload: bytes) -> GquicChlo | None:
 
 def parse_long_header_packet(payload: bytes, version: int) -> GquicChlo | None:
     """The CHLO of a Q044-Q046 client Initial packet, or None if it carries none."""
-    if version not in _LONG_HEADER_VERSIONS or len(payload) < 6:
+    if version not in LONG_HEADER_VERSIONS or len(payload) < 6:
         return None
     first = payload[0]
     if first & 0x30:  # only Initial packets (type 0) are in the clear

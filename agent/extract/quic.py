@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from agent.counters import Counters
 from agent.exceptions import DecodeError, TruncatedError
 from agent.extract.gquic import (
+    LONG_HEADER_VERSIONS,
     GquicChlo,
     chlo_length,
     is_legacy_client_packet,
@@ -143,6 +144,9 @@ class QuicTracker:
             if version == 0:
                 return None  # Version Negotiation: nothing about the client's hello
             if version >> 24 == _GQUIC_VERSION_PREFIX:
+                if version not in LONG_HEADER_VERSIONS:
+                    self.counters.inc("gquic.unsupported_version")  # Q048/Q049, never deployed
+                    return None
                 return self._on_gquic(
                     ts,
                     (src, sport),
