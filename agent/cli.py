@@ -59,7 +59,7 @@ def scan(
     scanner = Scanner(Matcher(load_or_exit(catalog_dirs).services))
     bar = Progress(progress)
     # click.echo per line costs more than the scan of a packet; write to the stream directly
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     kept: list[Sighting] = []
     failed = False
     for path in files:

@@ -58,7 +58,9 @@ class NameExtractor:
         if proto == UDP:
             if sport in _DNS_PORTS or dport in _DNS_PORTS:
                 return self.dns.on_udp(ts, src, dst, sport, dport, payload)
-            if payload and payload[0] & 0x80:  # a QUIC long header: Initial, Retry, ...
+            # QUIC long headers (Initial, Retry) set 0x80; legacy gQUIC public headers carry
+            # the version flag (0x01) with reserved bits clear instead.
+            if payload and (payload[0] & 0x80 or payload[0] & 0xC9 == 0x09):
                 return self._on_quic(ts, src, dst, sport, dport, payload)
             return []
         if proto == TCP:

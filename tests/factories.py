@@ -47,8 +47,9 @@ LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
 
-# A frame to write: a scapy packet (its .time is the timestamp) or (timestamp, bytes).
-Frame = Packet | tuple[float, bytes]
+# A frame to write: a scapy packet (its .time is the timestamp), (timestamp, bytes), or for
+# pcapng (timestamp, bytes, interface index).
+Frame = Packet | tuple[float, bytes] | tuple[float, bytes, int]
 
 # --------------------------------------------------------------------------- TLS ClientHello
 
@@ -642,24 +643,29 @@ LINKS = {
 # --------------------------------------------------------------------------- capture files
 
 
-def _frames(packets: Iterable[Frame]) -> Iterator[tuple[float, bytes]]:
+def _frames(packets: Iterable[Frame]) -> Iterator[tuple[float, bytes, int]]:
     for p in packets:
         if isinstance(p, tuple):
-            yield p
+            yield (p[0], p[1], p[2]) if len(p) == 3 else (p[0], p[1], 0)
         else:
-            yield float(p.time), bytes(p)
+            yield float(p.time), bytes(p), 0
 
 
 def pcap_bytes(
-    packets: Iterable[Frame], linktype: int = LINKTYPE_ETHERNET, *, nanosecond: bool = False
+    packets: Iterable[Frame],
+    linktype: int = LINKTYPE_ETHERNET,
+    *,
+    nanosecond: bool = False,
+    big_endian: bool = False,
 ) -> bytes:
-    """A classic little-endian pcap file (micro- or nanosecond timestamps)."""
+    """A classic pcap file (micro- or nanosecond timestamps, either byte order)."""
+    e = ">" if big_endian else "<"
     magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
     scale = 1_000_000_000 if nanosecond else 1_000_000
-    out = bytearray(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 262144, linktype))
-    for ts, data in _frames(packets):
+    out = bytearray(struct.pack(e + "IHHiIII", magic, 2, 4, 0, 0, 262144, linktype))
+    for ts, data, _ in _frames(packets):
         ticks = round(ts * scale)
-        out += struct.pack("<IIII", ticks // scale, ticks % scale, len(data), len(data)) + data
+        out += struct.pack(e + "IIII", ticks // scale, ticks % scale, len(data), len(data)) + data
     return bytes(out)
 
 
@@ -669,40 +675,53 @@ def write_pcap(
     linktype: int = LINKTYPE_ETHERNET,
     *,
     nanosecond: bool = False,
+    big_endian: bool = False,
 ) -> Path:
-    path.write_bytes(pcap_bytes(packets, linktype, nanosecond=nanosecond))
+    path.write_bytes(pcap_bytes(packets, linktype, nanosecond=nanosecond, big_endian=big_endian))
     return path
 
 
-def _block(btype: int, body: bytes) -> bytes:
+def _block(btype: int, body: bytes, e: str = "<") -> bytes:
     body += bytes(-len(body) % 4)
-    return struct.pack("<II", btype, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+    return (
+        struct.pack(e + "II", btype, len(body) + 12) + body + struct.pack(e + "I", len(body) + 12)
+    )
 
 
 def pcapng_bytes(
-    packets: Iterable[Frame], linktype: int = LINKTYPE_ETHERNET, *, tsresol: int = 6
+    packets: Iterable[Frame],
+    linktype: int | Sequence[int] = LINKTYPE_ETHERNET,
+    *,
+    tsresol: int = 6,
+    big_endian: bool = False,
 ) -> bytes:
-    """A pcapng file: one section, one interface (``if_tsresol`` 10^-tsresol), EPBs."""
-    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    """A pcapng section: one interface per link type given (``if_tsresol`` 10^-tsresol), then
+    an enhanced packet block per frame; a ``(ts, bytes, interface)`` frame picks its interface.
+    Concatenated sections are a valid pcapng file too (``mergecap -a``)."""
+    e = ">" if big_endian else "<"
+    out = bytearray(_block(0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1), e))
     opts = b""
     if tsresol != 6:
-        opts = struct.pack("<HHB", 9, 1, tsresol) + bytes(3) + struct.pack("<HH", 0, 0)
-    idb = _block(1, struct.pack("<HHI", linktype, 0, 262144) + opts)
-    out = bytearray(shb + idb)
+        opts = struct.pack(e + "HHB", 9, 1, tsresol) + bytes(3) + struct.pack(e + "HH", 0, 0)
+    for lt in [linktype] if isinstance(linktype, int) else linktype:
+        out += _block(1, struct.pack(e + "HHI", lt, 0, 262144) + opts, e)
     scale = 10**tsresol
-    for ts, data in _frames(packets):
+    for ts, data, iface in _frames(packets):
         ticks = round(ts * scale)
-        out += _block(
-            6,
-            struct.pack("<IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data)) + data,
-        )
+        epb = struct.pack(e + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data))
+        out += _block(6, epb + data, e)
     return bytes(out)
 
 
 def write_pcapng(
-    path: Path, packets: Iterable[Frame], linktype: int = LINKTYPE_ETHERNET, *, tsresol: int = 6
+    path: Path,
+    packets: Iterable[Frame],
+    linktype: int | Sequence[int] = LINKTYPE_ETHERNET,
+    *,
+    tsresol: int = 6,
+    big_endian: bool = False,
 ) -> Path:
-    path.write_bytes(pcapng_bytes(packets, linktype, tsresol=tsresol))
+    path.write_bytes(pcapng_bytes(packets, linktype, tsresol=tsresol, big_endian=big_endian))
     return path
 
 

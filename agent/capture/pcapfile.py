@@ -20,7 +20,9 @@ _PCAP_MAGICS = {
 }
 _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 _BOM = 0x1A2B3C4D
-_MAX_RECORD = 1 << 18  # a frame over 256 KiB means a corrupt record length
+_MAX_RECORD = 1 << 18
+# fixed part of each block type we read, trailer included: a shorter block is corrupt
+_MIN_BLOCK = {1: 20, 2: 32, 3: 16, 6: 32}  # a frame over 256 KiB means a corrupt record length
 
 
 class PcapFileSource:
@@ -153,7 +155,9 @@ class PcapFileSource:
             end = pos + blen
             if end > size:
                 break
-            if btype == 2:  # obsolete packet block
+            if blen < _MIN_BLOCK.get(btype, 12):
+                self.counters.inc("pcap.bad_block")
+            elif btype == 2:  # obsolete packet block
                 iface, _, ts_hi, ts_lo, caplen = struct.unpack_from(endian + "HHIII", mm, pos + 8)
                 if iface < len(ifaces) and pos + 28 + caplen <= end:
                     linktype, unit = ifaces[iface]

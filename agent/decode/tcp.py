@@ -42,6 +42,7 @@ class StreamBuffer:
             if rel >= self.limit:
                 self.overflow = True
                 return False
+            payload = payload[: self.limit - rel]  # nothing past the limit is ever kept
             old = self.pending.get(rel)
             if old is None or len(old) < len(payload):
                 self.pending_bytes += len(payload) - (len(old) if old else 0)

@@ -79,6 +79,8 @@ class IpNameCache:
             if rr.rtype == TYPE_CNAME and rr.value is not None:
                 aliases.setdefault(rr.name, rr.value)
         for qname in dict.fromkeys(q.name for q in msg.questions):
+            if not qname:
+                continue  # the root: no name a connection could be attributed to
             chain = [qname]
             on_chain = {qname}
             while len(chain) < _MAX_CHAIN:

@@ -25,7 +25,12 @@ HANDSHAKE_STREAM = 1
 
 _PUBLIC_FLAG_VERSION = 0x01
 _PUBLIC_FLAG_RESET = 0x02
-_PUBLIC_FLAG_CID = 0x08
+_PUBLIC_FLAG_CID = 0x08  # an 8-byte connection ID follows
+# Bits 0x80 and 0x40 are never set in a gQUIC public header; IETF QUIC always sets one of them.
+_LEGACY_MASK = 0xC0 | _PUBLIC_FLAG_CID | _PUBLIC_FLAG_VERSION
+_LEGACY_CLIENT = _PUBLIC_FLAG_CID | _PUBLIC_FLAG_VERSION
+_FRAME_PING = 0x07
+_FRAME_STREAM = 0x80
 _PN_LENGTHS = (1, 2, 4, 6)  # public flags bits 0x30
 _FIRST_BIG_ENDIAN = 39  # Q039 switched the framing's integers from little- to big-endian
 _FIRST_WITHOUT_PRIVATE_FLAGS = 34
@@ -53,11 +58,8 @@ def gquic_version_number(version: int) -> int | None:
 
 
 def is_legacy_client_packet(payload: bytes) -> bool:
-    """Cheap test for a gQUIC public header with version and 8-byte CID (Q024-Q043 client).
-
-    IETF short headers always set bit 0x40 (the fixed bit), which gQUIC never sets.
-    """
-    return len(payload) > 13 and payload[0] & 0xC9 == 0x09 and payload[9] == 0x51
+    """Cheap test for a gQUIC public header with version and 8-byte CID (Q024-Q043 client)."""
+    return len(payload) > 13 and payload[0] & _LEGACY_MASK == _LEGACY_CLIENT and payload[9] == 0x51
 
 
 def parse_legacy_packet(payload: bytes) -> GquicChlo | None:
@@ -104,9 +106,9 @@ def _stream_chlo(payload: bytes, pos: int, big_endian: bool) -> tuple[bool, str 
     it goes (TruncatedError if the SNI lies beyond).
     """
     n = len(payload)
-    while pos < n and payload[pos] == 0x07:  # PING
+    while pos < n and payload[pos] == _FRAME_PING:
         pos += 1
-    if pos >= n or not payload[pos] & 0x80:
+    if pos >= n or not payload[pos] & _FRAME_STREAM:
         return _NO_CHLO_FOUND
     ftype = payload[pos]
     id_len = (ftype & 0x03) + 1

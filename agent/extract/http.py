@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.exceptions import DecodeError, TruncatedError
 
-_METHODS = (
+METHODS = (
     b"GET ",
     b"POST ",
     b"PUT ",
@@ -19,7 +19,7 @@ MAX_HEADER = 8192
 
 
 def looks_like_http_request(data: bytes | bytearray) -> bool:
-    return data[:8].startswith(_METHODS)
+    return data[:8].startswith(METHODS)
 
 
 def request_host(data: bytes | bytearray) -> str | None:

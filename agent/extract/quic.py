@@ -7,6 +7,8 @@ The tracker follows each flow (canonical 4-tuple) from the client's first Initia
   is the only thing that changes them, to keys from the Retry's Source Connection ID.
 * CRYPTO frames of all the client's Initials are reassembled in any order until the ClientHello
   is whole; it is parsed once, reported once, and the flow remembers that it is done.
+* A client Initial in another version that keys from the original DCID open is the same
+  connection after compatible version negotiation (RFC 9368, e.g. v1 to v2).
 * A client Initial that the flow's keys cannot open but its own DCID's keys can is a new
   connection on the same 4-tuple (port reuse, or a retry after version negotiation).
 
@@ -34,18 +36,19 @@ from agent.extract.gquic import (
     parse_long_header_packet,
 )
 from agent.extract.quic_crypto import (
-    MAX_CID_LEN,
     VERSIONS,
     InitialKeys,
     VersionSpec,
     open_long_packet,
+    retry_is_authentic,
     version_spec,
 )
 from agent.extract.quic_frames import (
     CryptoStream,
     gquic_crypto_chunks,
     initial_crypto_chunks,
-    read_varint,
+    long_header_cids,
+    long_packets,
 )
 from agent.extract.tls import handshake_length, parse_client_hello
 
@@ -73,7 +76,18 @@ class QuicHello:
 class _Flow:
     """Handshake state of one QUIC connection, from the client's side only."""
 
-    __slots__ = ("client", "crypto", "dcids", "keys", "largest_pn", "spec", "started", "version")
+    __slots__ = (
+        "client",
+        "crypto",
+        "dcids",
+        "keys",
+        "largest_pn",
+        "odcid",
+        "retried",
+        "spec",
+        "started",
+        "version",
+    )
 
     def __init__(
         self,
@@ -81,6 +95,7 @@ class _Flow:
         version: int,
         spec: VersionSpec,
         keys: InitialKeys,
+        odcid: bytes,
         started: float,
         limit: int,
     ) -> None:
@@ -88,14 +103,20 @@ class _Flow:
         self.version = version
         self.spec = spec
         self.keys = keys
+        self.odcid = odcid  # the DCID of the client's first Initial, which the keys came from
         self.started = started
+        self.retried = False
         self.largest_pn = -1
-        self.dcids: list[bytes] = []
+        self.dcids: list[bytes] = [odcid]
         self.crypto: CryptoStream | None = CryptoStream(limit)  # None once the hello is done
 
     def remember(self, dcid: bytes) -> None:
         if dcid not in self.dcids and len(self.dcids) < _MAX_KNOWN_DCIDS:
             self.dcids.append(dcid)
+
+
+def _chunk_offset(chunk: tuple[int, bytes]) -> int:
+    return chunk[0]
 
 
 def _flow_key(a: Endpoint, b: Endpoint) -> FlowKey:
@@ -199,32 +220,16 @@ class QuicTracker:
             if (data[0] >> 4) & 0x03 == spec.retry_type:
                 self._on_retry(flow, data, version)
             return None  # the server's Initials and Handshakes hold nothing we need
-        version_bytes = data[1:5]
         result: QuicHello | None = None
-        pos, n = 0, len(data)
-        # Coalesced packets (RFC 9000 section 12.2): walk them by their Length fields.
-        while pos < n:
-            first = data[pos]
-            if not first & _LONG_HEADER or data[pos + 1 : pos + 5] != version_bytes:
-                break  # a short-header packet runs to the end of the datagram
-            ptype = (first >> 4) & 0x03
-            if ptype == spec.retry_type:
-                break  # only servers send Retry, and it has no Length to skip by
-            dcid, _, at = _connection_ids(data, pos)
-            if ptype == spec.initial_type:
-                token_len, at = read_varint(data, at)
-                at += token_len
-            length, at = read_varint(data, at)
-            end = at + length
-            if end > n:
-                raise TruncatedError("long-header packet overruns the datagram")
-            if ptype == spec.initial_type:
+        for ptype, dcid, start, pn_offset, end in long_packets(
+            data, spec.initial_type, spec.retry_type
+        ):
+            if ptype == spec.initial_type:  # 0-RTT and Handshake packets are skipped unread
                 hello = self._on_client_initial(
-                    ts, key, sender, data, pos, at, end, dcid, version, spec
+                    ts, key, sender, data, start, pn_offset, end, dcid, version, spec
                 )
                 if hello is not None:
                     result = hello
-            pos = end  # 0-RTT and Handshake packets are skipped unread
         return result
 
     def _on_client_initial(
@@ -246,6 +251,10 @@ class QuicTracker:
             if flow.crypto is None and dcid in flow.dcids:
                 return None  # a retransmission or ACK of a connection already reported
             opened = open_long_packet(flow.keys, data, start, pn_offset, end, flow.largest_pn)
+        elif flow is not None and flow.crypto is None:
+            # A server can only pick a compatible version once it has the whole hello, so a
+            # version change before that is a new attempt after Version Negotiation instead.
+            opened = self._upgrade(flow, data, start, pn_offset, end, version, spec)
         if flow is None or opened is None:
             keys = InitialKeys.for_client(spec, dcid)
             opened = open_long_packet(keys, data, start, pn_offset, end, -1)
@@ -255,7 +264,7 @@ class QuicTracker:
             if flow is not None:
                 self.counters.inc("quic.flow_restarted")
                 del self._flows[key]
-            flow = self._new_flow(key, ts, sender, version, spec, keys)
+            flow = self._new_flow(key, ts, sender, version, spec, keys, dcid)
         pn, plain = opened
         flow.remember(dcid)
         flow.largest_pn = max(flow.largest_pn, pn)
@@ -266,9 +275,29 @@ class QuicTracker:
         chunks, unknown = walk(plain)
         if unknown is not None:
             self.counters.inc("quic.unknown_frame")
+        chunks.sort(key=_chunk_offset)  # senders shuffle them; in order, adding is cheapest
         for offset, chunk in chunks:
             crypto.add(offset, chunk)
         return self._hello_if_complete(flow, crypto)
+
+    def _upgrade(
+        self,
+        flow: _Flow,
+        data: bytes,
+        start: int,
+        pn_offset: int,
+        end: int,
+        version: int,
+        spec: VersionSpec,
+    ) -> tuple[int, bytes] | None:
+        """Follow compatible version negotiation (RFC 9368): the connection goes on in the
+        server's chosen version, with that version's Initial keys from the original DCID."""
+        keys = InitialKeys.for_client(spec, flow.odcid)
+        opened = open_long_packet(keys, data, start, pn_offset, end, flow.largest_pn)
+        if opened is not None:
+            flow.version, flow.spec, flow.keys = version, spec, keys
+            self.counters.inc("quic.version_upgrade")
+        return opened
 
     def _hello_if_complete(self, flow: _Flow, crypto: CryptoStream) -> QuicHello | None:
         have = crypto.contiguous()
@@ -301,20 +330,21 @@ class QuicTracker:
         return QuicHello(sni, flow.version, chlo, has_ech)
 
     def _on_retry(self, flow: _Flow, data: bytes, version: int) -> None:
-        if version != flow.version:
-            return
+        if version != flow.version or flow.retried:
+            return  # a client acts on one Retry only (RFC 9000 section 17.2.5.2)
         try:
-            _, scid, _ = _connection_ids(data, 0)
+            _, scid, _ = long_header_cids(data, 0)
         except DecodeError:
             self.counters.inc("quic.malformed")
             return
-        if not scid:
-            self.counters.inc("quic.malformed")
+        if not scid or not retry_is_authentic(flow.spec, flow.odcid, data):
+            self.counters.inc("quic.retry_rejected")
             return
         # The client's next Initials go to this SCID and are protected with keys derived from
         # it (RFC 9001 section 5.2); its CRYPTO stream restarts with the same hello, so what is
         # already reassembled stays valid.
         flow.keys = InitialKeys.for_client(flow.spec, scid)
+        flow.retried = True
         flow.remember(scid)
         self.counters.inc("quic.retry")
 
@@ -326,11 +356,12 @@ class QuicTracker:
         version: int,
         spec: VersionSpec,
         keys: InitialKeys,
+        odcid: bytes,
     ) -> _Flow:
         if len(self._flows) >= self._max_flows:
             self._flows.popitem(last=False)
             self.counters.inc("quic.flows_evicted")
-        flow = _Flow(client, version, spec, keys, ts, self._max_bytes)
+        flow = _Flow(client, version, spec, keys, odcid, ts, self._max_bytes)
         self._flows[key] = flow
         return flow
 
@@ -365,25 +396,3 @@ class QuicTracker:
         self._gquic_seen[seen_key] = ts
         self.counters.inc("gquic.hello")
         return QuicHello(chlo.sni, chlo.version, True, False)
-
-
-def _connection_ids(data: bytes, pos: int) -> tuple[bytes, bytes, int]:
-    """DCID and SCID of the long header at ``pos``, and the position after them."""
-    at = pos + 5
-    if at >= len(data):
-        raise TruncatedError("long header")
-    dcil = data[at]
-    if dcil > MAX_CID_LEN:
-        raise DecodeError("connection ID longer than 20 bytes")
-    dcid = data[at + 1 : at + 1 + dcil]
-    at += 1 + dcil
-    if at >= len(data):
-        raise TruncatedError("long header")
-    scil = data[at]
-    if scil > MAX_CID_LEN:
-        raise DecodeError("connection ID longer than 20 bytes")
-    scid = data[at + 1 : at + 1 + scil]
-    at += 1 + scil
-    if at > len(data):
-        raise TruncatedError("long header")
-    return dcid, scid, at

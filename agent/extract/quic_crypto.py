@@ -21,7 +21,8 @@ _SALT_V2 = bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")  # RFC 9369
 _SALT_D29 = bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")  # drafts 29-34
 _SALT_D23 = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")  # drafts 23-28
 _SALT_D22 = bytes.fromhex("7fbcdb0e7c66bbe9193a96cd21519ebd7a02644a")  # draft 22
-# Google's QUIC versions that adopted Initial packet protection (Chromium quic_versions.cc).
+# Google QUIC versions that adopted Initial protection; the salts are Chromium's, as Wireshark
+# and nDPI have them.
 _SALT_Q050 = bytes.fromhex("504574efd066fe2f9d945cfcdbd3a7f0d3b56b45")
 _SALT_T050 = bytes.fromhex("7ff579e5acd072915580304c43a2367c60488310")
 _SALT_T051 = bytes.fromhex("7a4edef4e7ccee5fa4506c19124fc8ccda6e033d")
@@ -31,7 +32,6 @@ _LABELS_V2 = (b"quicv2 key", b"quicv2 iv", b"quicv2 hp")
 
 SAMPLE_LEN = 16
 TAG_LEN = 16
-MAX_CID_LEN = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +42,40 @@ class VersionSpec:
     labels: tuple[bytes, bytes, bytes]  # HKDF labels of the key, IV and header-protection key
     initial_type: int  # long-header packet type bits (0x30 of the first byte, shifted down)
     retry_type: int
+    # Retry Integrity Tag key and nonce (RFC 9001 section 5.8); None where we do not know them.
+    retry_key: bytes | None = None
+    retry_nonce: bytes | None = None
     gquic_frames: bool = False  # Google Q050/T05x: CRYPTO is frame type 0x08 in gQUIC framing
     chlo: bool = False  # the crypto stream carries a gQUIC CHLO (Q050), not a TLS ClientHello
 
 
-_V1 = VersionSpec(_SALT_V1, _LABELS_V1, initial_type=0, retry_type=3)
-_D29 = VersionSpec(_SALT_D29, _LABELS_V1, initial_type=0, retry_type=3)
+_V1 = VersionSpec(
+    _SALT_V1,
+    _LABELS_V1,
+    initial_type=0,
+    retry_type=3,
+    retry_key=bytes.fromhex("be0c690b9f66575a1d766b54e368c84e"),
+    retry_nonce=bytes.fromhex("461599d35d632bf2239825bb"),
+)
+_D29 = VersionSpec(
+    _SALT_D29,
+    _LABELS_V1,
+    initial_type=0,
+    retry_type=3,
+    retry_key=bytes.fromhex("ccce187ed09a09d05728155a6cb96be1"),
+    retry_nonce=bytes.fromhex("e54930f97f2136f0530a8c1c"),
+)
 _D23 = VersionSpec(_SALT_D23, _LABELS_V1, initial_type=0, retry_type=3)
 _D22 = VersionSpec(_SALT_D22, _LABELS_V1, initial_type=0, retry_type=3)
 # RFC 9369 section 3.2 rotates the long-header type codes so that ossified middleboxes notice.
-_V2 = VersionSpec(_SALT_V2, _LABELS_V2, initial_type=1, retry_type=0)
+_V2 = VersionSpec(
+    _SALT_V2,
+    _LABELS_V2,
+    initial_type=1,
+    retry_type=0,
+    retry_key=bytes.fromhex("8fb4b01b56ac48e260fbcbcead7ccc92"),
+    retry_nonce=bytes.fromhex("d86969bc2d7c6d9990efb04a"),
+)
 
 VERSION_V1 = 0x00000001
 VERSION_V2 = 0x6B3343CF
@@ -146,6 +170,24 @@ class InitialKeys:
 
     def _nonce(self, packet_number: int) -> bytes:
         return (self._iv ^ packet_number).to_bytes(12, "big")
+
+
+def retry_is_authentic(spec: VersionSpec, original_dcid: bytes, retry: bytes) -> bool:
+    """Check a Retry packet's integrity tag against the DCID of the client's first Initial.
+
+    Only an on-path server that saw that Initial can produce the tag, so a forged Retry cannot
+    steer the keys. Versions without a known tag key (drafts before 29) are taken on trust.
+    """
+    if spec.retry_key is None or spec.retry_nonce is None:
+        return True
+    if len(retry) < TAG_LEN + 7:
+        return False
+    pseudo = bytes((len(original_dcid),)) + original_dcid + retry[:-TAG_LEN]
+    try:
+        AESGCM(spec.retry_key).decrypt(spec.retry_nonce, retry[-TAG_LEN:], pseudo)
+    except InvalidTag:
+        return False
+    return True
 
 
 def decode_packet_number(largest: int, truncated: int, nbits: int) -> int:

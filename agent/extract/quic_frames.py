@@ -1,8 +1,9 @@
-"""Frames of decrypted client Initial payloads, and reassembly of the CRYPTO stream they carry."""
+"""QUIC wire format for client Initials: long headers, frames, and CRYPTO stream reassembly."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from agent.exceptions import DecodeError, TruncatedError
 
@@ -14,6 +15,9 @@ FRAME_CRYPTO = 0x06
 FRAME_CONNECTION_CLOSE = 0x1C
 GQUIC_FRAME_PING = 0x07
 GQUIC_FRAME_CRYPTO = 0x08
+
+MAX_CID_LEN = 20  # RFC 9000 section 17.2, for every version we can open
+_LONG_HEADER = 0x80
 
 _NONZERO = re.compile(b"[^\x00]")
 # A sender can claim any range count; more ranges than bytes left is malformed, but bounding the
@@ -35,6 +39,58 @@ def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     if end > len(buf):
         raise TruncatedError("varint")
     return int.from_bytes(buf[pos:end], "big") & ((1 << (8 * size - 2)) - 1), end
+
+
+def long_header_cids(data: bytes, pos: int) -> tuple[bytes, bytes, int]:
+    """DCID and SCID of the long header at ``pos``, and the position after them."""
+    at = pos + 5
+    if at >= len(data):
+        raise TruncatedError("long header")
+    dcil = data[at]
+    if dcil > MAX_CID_LEN:
+        raise DecodeError("connection ID longer than 20 bytes")
+    dcid = data[at + 1 : at + 1 + dcil]
+    at += 1 + dcil
+    if at >= len(data):
+        raise TruncatedError("long header")
+    scil = data[at]
+    if scil > MAX_CID_LEN:
+        raise DecodeError("connection ID longer than 20 bytes")
+    scid = data[at + 1 : at + 1 + scil]
+    at += 1 + scil
+    if at > len(data):
+        raise TruncatedError("long header")
+    return dcid, scid, at
+
+
+def long_packets(
+    data: bytes, initial_type: int, retry_type: int
+) -> Iterator[tuple[int, bytes, int, int, int]]:
+    """The coalesced long-header packets of one datagram (RFC 9000 section 12.2), walked by their
+    Length fields: (type bits, DCID, start, packet-number offset, end) of each.
+
+    The walk stops at a short-header packet, which runs to the end of the datagram, at a packet
+    of another version, and at a Retry, which has no Length (only servers send one).
+    """
+    version = data[1:5]
+    pos, n = 0, len(data)
+    while pos < n:
+        first = data[pos]
+        if not first & _LONG_HEADER or data[pos + 1 : pos + 5] != version:
+            return
+        ptype = (first >> 4) & 0x03
+        if ptype == retry_type:
+            return
+        dcid, _, at = long_header_cids(data, pos)
+        if ptype == initial_type:
+            token_len, at = read_varint(data, at)
+            at += token_len
+        length, at = read_varint(data, at)
+        end = at + length
+        if end > n:
+            raise TruncatedError("long-header packet overruns the datagram")
+        yield ptype, dcid, pos, at, end
+        pos = end
 
 
 def _skip_padding(payload: bytes, pos: int) -> int:
@@ -146,10 +202,19 @@ class CryptoStream:
             return
         if end > len(self._buf):
             self._buf.extend(bytes(end - len(self._buf)))
-        self._buf[offset:end] = data[: end - offset]
+        self._buf[offset:end] = data if end - offset == len(data) else data[: end - offset]
+        ranges = self._ranges
+        # Chunks are mostly added in offset order: extend or append to the last range.
+        if not ranges or offset > ranges[-1][1]:
+            ranges.append((offset, end))
+            return
+        last_lo, last_hi = ranges[-1]
+        if offset >= last_lo:
+            ranges[-1] = (last_lo, max(last_hi, end))
+            return
         merged: list[tuple[int, int]] = []
         start = offset
-        for lo, hi in self._ranges:
+        for lo, hi in ranges:
             if hi < start or lo > end:
                 merged.append((lo, hi))
             else:

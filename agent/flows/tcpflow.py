@@ -8,7 +8,7 @@ from agent.counters import Counters
 from agent.decode.packet import addr_text
 from agent.decode.tcp import StreamBuffer
 from agent.exceptions import DecodeError, TruncatedError
-from agent.extract.http import looks_like_http_request, request_host
+from agent.extract.http import METHODS, looks_like_http_request, request_host
 from agent.extract.tls import (
     looks_like_client_hello_record,
     parse_client_hello,
@@ -30,6 +30,12 @@ _ORPHAN_SEGMENTS = 4  # segments held for a flow whose start we have not seen ye
 _MAX_ORPHAN_FLOWS = 1024
 
 FlowKey = tuple[bytes, int, bytes, int]
+
+
+def _could_start_a_message(prefix: bytes) -> bool:
+    if prefix[:1] == b"\x16":
+        return prefix[1:2] in (b"", b"\x03")
+    return any(m.startswith(prefix) for m in METHODS)
 
 
 class _Flow:
@@ -156,6 +162,8 @@ class TcpHandler:
             return TLS
         if looks_like_http_request(data):
             return HTTP
+        if len(data) < 8 and _could_start_a_message(bytes(data)):
+            return UNKNOWN  # too short to tell (evasion tools send a 1-byte first segment)
         return IGNORE
 
     def _new_flow(self, key: FlowKey, ts: float, base: int, kind: int) -> _Flow:

@@ -4,10 +4,10 @@ Hierarchy::
 
     AgentError                      (agent.exceptions)
     └── MeteringError               base of everything below
-        ├── UnknownEndpoint         the URL is not an AI endpoint Lantern meters
+        ├── UnknownEndpointError         the URL is not an AI endpoint Lantern meters
         ├── PricingError            a price override is malformed (names the key and reason)
-        └── MalformedBody           body bytes do not parse as the format they claim to be
-            ├── TruncatedBody       the body ends inside a value or a frame
+        └── MalformedBodyError           body bytes do not parse as the format they claim to be
+            ├── TruncatedBodyError       the body ends inside a value or a frame
             └── ChecksumError       an AWS event-stream frame failed its CRC32 check
 
 Messages never quote body bytes: a malformed body may be someone's prompt.
@@ -22,7 +22,7 @@ class MeteringError(AgentError):
     """Base class for every error the metering package raises on purpose."""
 
 
-class UnknownEndpoint(MeteringError):
+class UnknownEndpointError(MeteringError):
     """The URL names no provider endpoint that Lantern meters."""
 
 
@@ -30,13 +30,13 @@ class PricingError(MeteringError):
     """A per-organisation price override is malformed."""
 
 
-class MalformedBody(MeteringError):
+class MalformedBodyError(MeteringError):
     """Body bytes that do not parse as JSON, SSE or an AWS event stream."""
 
 
-class TruncatedBody(MalformedBody):
+class TruncatedBodyError(MalformedBodyError):
     """The body ends before the value or frame it started does."""
 
 
-class ChecksumError(MalformedBody):
+class ChecksumError(MalformedBodyError):
     """An AWS event-stream frame whose prelude or message CRC32 does not match."""

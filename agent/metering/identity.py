@@ -113,11 +113,8 @@ def key_hint(key: str) -> str:
 
     Short keys get no tail: four characters of a short secret are too large a share of it.
     """
-    prefix = ""
     m = _KEY_PREFIX.match(key)
-    if m:
-        prefix = m.group(0)
-    else:
-        prefix = next((p for p in _KNOWN_BARE_PREFIXES if key.startswith(p)), "")
+    bare = next((p for p in _KNOWN_BARE_PREFIXES if key.startswith(p)), "")
+    prefix = m.group(0) if m else bare
     tail = key[-4:] if len(key) >= _MIN_KEY_FOR_TAIL else ""
     return f"{prefix}...{tail}"

@@ -20,7 +20,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 
-from agent.metering.exceptions import MalformedBody, TruncatedBody
+from agent.metering.exceptions import MalformedBodyError, TruncatedBodyError
 
 Path = tuple[str | None, ...]
 OnValue = Callable[[Path, object], None]
@@ -43,6 +43,22 @@ _QUOTE, _BACKSLASH, _COMMA, _COLON = 0x22, 0x5C, 0x2C, 0x3A
 _TOP, _VALUE, _ARR_FIRST, _OBJ_FIRST, _OBJ_KEY, _AFTER_KEY, _AFTER_VALUE, _DONE = range(8)
 # Which kind of string the scanner is inside.
 _NO_STR, _VALUE_STR, _KEY_STR, _SKIPPED_STR = range(4)
+
+
+_INVALID = object()
+
+
+def loads_or_invalid(raw: bytes | bytearray) -> object:
+    """`json.loads`, or the `INVALID` marker. Errors are raised by callers outside the
+    ``except`` block: a chained JSONDecodeError would carry the document (maybe a prompt)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return _INVALID
+
+
+_loads = loads_or_invalid
+INVALID = _INVALID
 
 
 class JsonScanner:
@@ -156,13 +172,13 @@ class JsonScanner:
             self._cap_start = 0
 
     def finish(self) -> None:
-        """Declare the end of the body; raises `TruncatedBody` if a value is still open."""
+        """Declare the end of the body; raises `TruncatedBodyError` if a value is still open."""
         if self._scalar and not self._kinds:
             # A top-level number or literal ends with the body.
             self._scalar = False
             self._value_done(b"", 0)
         if not self.idle or self._state not in (_TOP, _DONE):
-            raise TruncatedBody("JSON body ends inside a value")
+            raise TruncatedBodyError("JSON body ends inside a value")
 
     # ------------------------------------------------------------------ outside strings
 
@@ -171,7 +187,7 @@ class JsonScanner:
         st = self._state
         if st == _AFTER_KEY:
             if c != _COLON:
-                raise MalformedBody("JSON: expected ':' after an object key")
+                raise MalformedBodyError("JSON: expected ':' after an object key")
             self._state = _VALUE
             return i + 1
         if st == _AFTER_VALUE:
@@ -180,7 +196,7 @@ class JsonScanner:
                 return i + 1
             if c in (_RBRACE, _RBRACKET):
                 return self._close(data, i, c)
-            raise MalformedBody("JSON: expected ',' or a closing bracket")
+            raise MalformedBodyError("JSON: expected ',' or a closing bracket")
         if st in (_OBJ_FIRST, _OBJ_KEY):
             if c == _QUOTE:
                 self._str = _KEY_STR
@@ -188,18 +204,18 @@ class JsonScanner:
                 return i + 1
             if c == _RBRACE and st == _OBJ_FIRST:
                 return self._close(data, i, c)
-            raise MalformedBody("JSON: expected an object key")
+            raise MalformedBodyError("JSON: expected an object key")
         if st == _ARR_FIRST and c == _RBRACKET:
             return self._close(data, i, c)
         if st == _DONE:
-            raise MalformedBody("JSON: data after the end of the value")
+            raise MalformedBodyError("JSON: data after the end of the value")
         return self._value_start(data, i, c)
 
     def _value_start(self, data: bytes, i: int, c: int) -> int:
         depth = len(self._kinds)
         if depth < self._event_depth:
             if c != _LBRACKET:
-                raise MalformedBody("JSON: expected an array of events")
+                raise MalformedBodyError("JSON: expected an array of events")
             self._push(c)
             return i + 1
         path = tuple(self._keys[self._event_depth :])
@@ -225,7 +241,7 @@ class JsonScanner:
                 self._begin_capture(path, i)
             self._scalar = True
             return i + 1
-        raise MalformedBody("JSON: unexpected byte where a value should start")
+        raise MalformedBodyError("JSON: unexpected byte where a value should start")
 
     def _push(self, c: int) -> None:
         self._kinds.append(c)
@@ -236,7 +252,7 @@ class JsonScanner:
         opener = self._kinds.pop()
         self._keys.pop()
         if (c == _RBRACE) != (opener == _LBRACE):
-            raise MalformedBody("JSON: mismatched closing bracket")
+            raise MalformedBodyError("JSON: mismatched closing bracket")
         self._value_done(data, i + 1)
         return i + 1
 
@@ -311,11 +327,9 @@ class JsonScanner:
             return _UNMATCHABLE_KEY
         if b"\\" not in raw:
             return raw.decode("utf-8", "replace")
-        try:
-            key = json.loads(b'"' + raw + b'"')
-        except ValueError:
-            # `from None`: the decoder's exception holds the document text.
-            raise MalformedBody("JSON: bad escape in an object key") from None
+        key = _loads(b'"' + raw + b'"')
+        if key is _INVALID:
+            raise MalformedBodyError("JSON: bad escape in an object key")
         return key if isinstance(key, str) else _UNMATCHABLE_KEY
 
     def _skipping(self, data: bytes, pos: int) -> int:
@@ -331,7 +345,7 @@ class JsonScanner:
         else:
             opener = self._skip.pop()
             if (c == _RBRACE) != (opener == _LBRACE):
-                raise MalformedBody("JSON: mismatched closing bracket")
+                raise MalformedBodyError("JSON: mismatched closing bracket")
             if not self._skip:
                 self._value_done(data, i + 1)
         return i + 1
@@ -361,8 +375,7 @@ class JsonScanner:
         if self._cap_over or cap is None:
             self.oversize += 1
             return
-        try:
-            value = json.loads(bytes(cap))
-        except ValueError:
-            raise MalformedBody("JSON: a usage field is not valid JSON") from None
+        value = _loads(bytes(cap))
+        if value is _INVALID:
+            raise MalformedBodyError("JSON: a usage field is not valid JSON")
         self._on_value(self._cap_path, value)

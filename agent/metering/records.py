@@ -1,4 +1,4 @@
-"""Typed records of the metering package: the `Usage` it hands on and the `Counts` providers fill."""
+"""Typed records of metering: the `Usage` it hands on and the `Counts` providers fill."""
 
 from __future__ import annotations
 

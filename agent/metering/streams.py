@@ -14,8 +14,8 @@ import zlib
 from collections.abc import Mapping
 from typing import Literal, Protocol
 
-from agent.metering.exceptions import ChecksumError, MalformedBody, TruncatedBody
-from agent.metering.jsonscan import JsonScanner, OnString, Path
+from agent.metering.exceptions import ChecksumError, MalformedBodyError, TruncatedBodyError
+from agent.metering.jsonscan import INVALID, JsonScanner, OnString, Path, loads_or_invalid
 
 BodyKind = Literal["empty", "json", "json-array", "sse", "eventstream", "raw"]
 
@@ -68,6 +68,74 @@ class _Collector:
     def restart(self) -> None:
         self.scanner.reset()
         self.values = {}
+
+
+class _EventPayload:
+    """One event's JSON data. Small events are parsed whole by `json.loads` (C speed: a stream
+    has thousands of tiny events); an event that grows past ``FAST_MAX`` switches to the
+    streaming scanner, so memory stays bounded. Either way only wanted values reach the sink.
+    """
+
+    __slots__ = ("_buf", "_c", "_streaming", "sink")
+
+    FAST_MAX = 16 * 1024
+
+    def __init__(self, sink: EventSink) -> None:
+        self.sink = sink
+        self._c = _Collector(sink)
+        self._buf = bytearray()
+        self._streaming = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self._streaming or self.sink.string_hook is not None:
+            self._streaming = True
+            self._c.scanner.feed(chunk)
+        elif len(self._buf) + len(chunk) <= self.FAST_MAX:
+            self._buf += chunk
+        else:
+            self._streaming = True
+            held = bytes(self._buf)
+            self._buf.clear()
+            self._c.scanner.feed(held)
+            self._c.scanner.feed(chunk)
+
+    def end(self, name: str | None) -> None:
+        """The event is complete: hand its values over (raises if its JSON is bad)."""
+        if self._streaming:
+            self._c.scanner.finish()
+            self._c.emit(name)
+            return
+        doc = loads_or_invalid(self._buf) if self._buf.strip() else None
+        if doc is INVALID:
+            # Let the scanner say precisely what is wrong (truncated or malformed).
+            self._streaming = True
+            self._c.scanner.feed(bytes(self._buf))
+            self._c.scanner.finish()
+            raise MalformedBodyError("JSON: event data is not valid JSON")
+        values: dict[Path, object] = {}
+        if doc is not None:
+            for path in self.sink.wanted:
+                _find(doc, path, 0, values, path)
+        self.sink.on_event(name, values)
+
+    def restart(self) -> None:
+        self._c.restart()
+        self._buf.clear()
+        self._streaming = False
+
+
+def _find(node: object, path: Path, i: int, out: dict[Path, object], full: Path) -> None:
+    """Store the value at ``path`` (None steps into every array element; the last one wins)."""
+    if i == len(path):
+        out[full] = node
+        return
+    step = path[i]
+    if step is None:
+        if isinstance(node, list):
+            for item in node:
+                _find(item, path, i + 1, out, full)
+    elif isinstance(node, dict) and step in node:
+        _find(node[step], path, i + 1, out, full)
 
 
 # ---------------------------------------------------------------------------------- JSON
@@ -130,7 +198,7 @@ class SseDecoder:
     )
 
     def __init__(self, sink: EventSink) -> None:
-        self._json = _Collector(sink)
+        self._json = _EventPayload(sink)
         self._field = bytearray()
         self._event = bytearray()
         self._head = bytearray()  # leading data bytes, held only until the payload kind is known
@@ -159,7 +227,7 @@ class SseDecoder:
         if self._data_lines:
             try:
                 self._dispatch()
-            except TruncatedBody:
+            except TruncatedBodyError:
                 # Cut inside its last event (client gone, timeout): the SSE spec discards an
                 # unterminated event. Counted here; the Usage simply lacks what it would carry.
                 self.skipped += 1
@@ -243,7 +311,7 @@ class SseDecoder:
 
     def _payload_bytes(self, chunk: bytes) -> None:
         if self._payload == _JSON_DATA:
-            self._json.scanner.feed(chunk)
+            self._json.feed(chunk)
             return
         if self._payload != _UNDECIDED:
             return
@@ -264,16 +332,15 @@ class SseDecoder:
             return
         self._payload = _JSON_DATA
         self._head.clear()
-        self._json.scanner.feed(head)
+        self._json.feed(head)
 
     def _dispatch(self) -> None:
         if self._payload == _UNDECIDED and self._head.strip():
             # Ended while it still looked like "[DONE]" might follow: let the scanner judge it.
             self._payload = _JSON_DATA
-            self._json.scanner.feed(bytes(self._head))
+            self._json.feed(bytes(self._head))
         if self._payload == _JSON_DATA:
-            self._json.scanner.finish()
-            self._json.emit(self._event.decode("utf-8", "replace") or None)
+            self._json.end(self._event.decode("utf-8", "replace") or None)
             self.events += 1
         else:
             self.skipped += 1
@@ -287,7 +354,7 @@ class SseDecoder:
         self._payload = _UNDECIDED
 
 
-# ---------------------------------------------------------------------------------- AWS event stream
+# ------------------------------------------------------------------------------ AWS event stream
 
 _PRELUDE = struct.Struct(">III")
 _MAX_FRAME = 16 * 1024 * 1024  # the event-stream format caps a message at 16 MiB
@@ -319,11 +386,11 @@ def parse_eventstream_headers(raw: bytes) -> dict[str, str]:
             elif vtype in _FIXED_SIZE:
                 pos += _FIXED_SIZE[vtype]
             else:
-                raise MalformedBody("event stream: unknown header value type")
+                raise MalformedBodyError("event stream: unknown header value type")
     except (IndexError, struct.error, UnicodeDecodeError):
-        raise MalformedBody("event stream: malformed header block") from None
+        raise MalformedBodyError("event stream: malformed header block") from None
     if pos != n:
-        raise MalformedBody("event stream: header block overruns its length")
+        raise MalformedBodyError("event stream: header block overruns its length")
     return headers
 
 
@@ -340,7 +407,7 @@ class EventStreamDecoder:
     _PRELUDE_PHASE, _HEADERS_PHASE, _PAYLOAD_PHASE, _CRC_PHASE = range(4)
 
     def __init__(self, sink: EventSink) -> None:
-        self._json = _Collector(sink)
+        self._json = _EventPayload(sink)
         self._buf = bytearray()
         self._phase = self._PRELUDE_PHASE
         self._need = _PRELUDE.size
@@ -359,7 +426,7 @@ class EventStreamDecoder:
                 self._crc = zlib.crc32(part, self._crc)
                 self._payload_left -= take
                 if self._is_json_event():
-                    self._json.scanner.feed(part)
+                    self._json.feed(part)
                 if not self._payload_left:
                     self._phase, self._need = self._CRC_PHASE, 4
                 continue
@@ -371,7 +438,7 @@ class EventStreamDecoder:
 
     def finish(self) -> None:
         if self._buf or self._phase != self._PRELUDE_PHASE:
-            raise TruncatedBody("event stream ends inside a frame")
+            raise TruncatedBodyError("event stream ends inside a frame")
 
     def _is_json_event(self) -> bool:
         return self._headers.get(":message-type", "event") == "event"
@@ -386,7 +453,7 @@ class EventStreamDecoder:
             if not _MIN_FRAME <= total <= _MAX_FRAME or headers_len > min(
                 _MAX_HEADERS, total - _MIN_FRAME
             ):
-                raise MalformedBody("event stream: impossible frame lengths")
+                raise MalformedBodyError("event stream: impossible frame lengths")
             self._crc = zlib.crc32(raw)
             self._payload_left = total - _MIN_FRAME - headers_len
             self._phase, self._need = self._HEADERS_PHASE, headers_len
@@ -414,13 +481,11 @@ class EventStreamDecoder:
         headers = self._headers
         self._phase, self._need = self._PRELUDE_PHASE, _PRELUDE.size
         if self._is_json_event():
-            self._json.scanner.finish()
-            self._json.emit(headers.get(":event-type"))
+            self._json.end(headers.get(":event-type"))
             self.events += 1
         else:
             # Exceptions and errors name only their type; their message text is not kept.
             kind = headers.get(":exception-type") or headers.get(":error-code") or "error"
-            self._json.values = {}
             self._json.sink.on_event(f"exception:{kind}", {})
         self._headers = {}
 
@@ -439,13 +504,14 @@ class ResponseBody:
     text/event-stream). An event stream starts with a zero byte (frames are < 16 MiB).
     """
 
-    __slots__ = ("_framer", "_head", "_sink", "kind")
+    __slots__ = ("_framer", "_head", "_sink", "kind", "raw_rejected")
 
     def __init__(self, sink: EventSink) -> None:
         self._sink = sink
         self._head = bytearray()
         self._framer: JsonEvents | SseDecoder | EventStreamDecoder | None = None
         self.kind: BodyKind = "empty"
+        self.raw_rejected = False  # a raw body the sink could not use
 
     @property
     def stream_like(self) -> bool:
@@ -461,7 +527,7 @@ class ResponseBody:
         if not chunk:
             return
         if self.kind == "raw":
-            self._sink.on_raw(chunk)
+            self._raw(chunk)
             return
         if self._framer is None:
             self._head += chunk
@@ -472,7 +538,11 @@ class ResponseBody:
         if self._framer is not None:
             self._framer.feed(chunk)
         else:
-            self._sink.on_raw(chunk)
+            self._raw(chunk)
+
+    def _raw(self, chunk: bytes) -> None:
+        if not self._sink.on_raw(chunk):
+            self.raw_rejected = True
 
     def finish(self) -> None:
         if self._framer is None and self._head:
@@ -482,7 +552,7 @@ class ResponseBody:
             if self._framer is not None:
                 self._framer.feed(chunk)
             elif self.kind == "raw":
-                self._sink.on_raw(chunk)
+                self._raw(chunk)
         if self._framer is not None:
             self._framer.finish()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
@@ -30,8 +31,7 @@ from agent.extract.quic_crypto import (
     protect_long_packet,
     version_spec,
 )
-
-PCAPS = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "pcaps"
+from tests.conftest import PCAPS
 
 Q025 = 0x51303235
 Q043 = 0x51303433
@@ -63,7 +63,7 @@ def make_chlo(sni: bytes | None = b"www.google.it", **extra: bytes) -> bytes:
 def stream_frame(
     data: bytes, *, big_endian: bool, stream_id: int = 1, offset: int | None = None
 ) -> bytes:
-    order = "big" if big_endian else "little"
+    order: Literal["big", "little"] = "big" if big_endian else "little"
     ftype = 0xA0 | (0x04 if offset is not None else 0)  # data length present, 1-byte stream id
     head = bytes((ftype, stream_id))
     if offset is not None:

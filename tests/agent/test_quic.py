@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,8 +35,7 @@ from agent.extract.quic_frames import (
     initial_crypto_chunks,
     read_varint,
 )
-
-PCAPS = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "pcaps"
+from tests.conftest import PCAPS
 
 CLIENT = ("192.0.2.10", 50000)
 SERVER = ("198.51.100.7", 443)
@@ -255,12 +255,22 @@ def make_packet(version: int, ptype: int, body: bytes, dcid: bytes = b"\x11" * 8
     return long_header(version, ptype, dcid, token=None, length=2 + len(body), pn=0) + body
 
 
-def make_retry(scid: bytes, *, version: int = VERSION_V1, dcid: bytes = b"\x22" * 8) -> bytes:
+def make_retry(
+    scid: bytes,
+    *,
+    version: int = VERSION_V1,
+    odcid: bytes = b"\x11" * 8,
+    dcid: bytes = b"\x22" * 8,
+    forged: bool = False,
+) -> bytes:
+    """A server Retry with its integrity tag over ``odcid`` (RFC 9001 section 5.8)."""
     spec = version_spec(version)
-    assert spec is not None
+    assert spec is not None and spec.retry_key is not None and spec.retry_nonce is not None
     first = 0xC0 | (spec.retry_type << 4)
     head = bytes((first,)) + version.to_bytes(4, "big")
-    return head + bytes((len(dcid),)) + dcid + bytes((len(scid),)) + scid + b"token" + bytes(16)
+    packet = head + bytes((len(dcid),)) + dcid + bytes((len(scid),)) + scid + b"token"
+    pseudo = bytes((len(odcid),)) + (bytes(len(odcid)) if forged else odcid) + packet
+    return packet + AESGCM(spec.retry_key).encrypt(spec.retry_nonce, b"", pseudo)
 
 
 def feed(
@@ -536,11 +546,30 @@ def test_one_result_per_hello(tracker: QuicTracker, counters: Counters) -> None:
     assert counters.get("quic.hello") == 3
 
 
-def test_version_change_on_same_tuple_is_a_new_hello(tracker: QuicTracker) -> None:
-    hello = make_client_hello("vn.example")
-    assert feed(tracker, make_initial(crypto_frame(0, hello), version=0x1A2A3A4A)) is not None
-    again = make_initial(crypto_frame(0, hello), version=VERSION_V1, pn=1)
-    assert feed(tracker, again) == hello_of("vn.example", VERSION_V1)
+def test_new_attempt_after_version_negotiation(tracker: QuicTracker, counters: Counters) -> None:
+    first, _ = split_crypto(make_client_hello("vn.example", pad=1500), 2)
+    assert feed(tracker, make_initial(first, version=0x1A2A3A4A)) is None
+    version_negotiation = b"\x80\x00\x00\x00\x00\x08" + b"\x22" * 8 + b"\x08" + b"\x11" * 8
+    assert feed(tracker, version_negotiation + b"\x00\x00\x00\x01", src=SERVER, dst=CLIENT) is None
+    # The client starts over in v1, from CRYPTO offset 0, with the same DCID.
+    again = make_client_hello("vn.example", pad=1200)
+    assert feed(tracker, make_initial(crypto_frame(0, again))) == hello_of("vn.example")
+    assert counters.get("quic.flow_restarted") == 1
+
+
+def test_compatible_version_upgrade_keeps_the_connection(
+    tracker: QuicTracker, counters: Counters
+) -> None:
+    packet = make_initial(crypto_frame(0, make_client_hello("up.example")))
+    assert feed(tracker, packet) == hello_of("up.example")
+    # The server answered in v2 (RFC 9368); the client acknowledges in v2 Initials, to the
+    # server's CID, protected with v2 keys from its original DCID.
+    ack = b"\x02" + varint(0) + varint(0) + varint(0) + varint(0)
+    v2_ack = make_initial(ack, version=VERSION_V2, dcid=b"\x55" * 8, key_dcid=b"\x11" * 8, pn=1)
+    assert feed(tracker, v2_ack) is None
+    assert feed(tracker, v2_ack) is None
+    assert counters.get("quic.version_upgrade") == 1
+    assert counters.get("quic.decrypt_failed") == counters.get("quic.flow_restarted") == 0
 
 
 def test_retry_switches_keys_mid_hello(tracker: QuicTracker, counters: Counters) -> None:
@@ -555,6 +584,20 @@ def test_retry_switches_keys_mid_hello(tracker: QuicTracker, counters: Counters)
     assert counters.get("quic.retry") == 1
     assert counters.get("quic.flow_restarted") == 0
     assert counters.get("quic.decrypt_failed") == 0
+
+
+def test_forged_or_second_retry_is_ignored(tracker: QuicTracker, counters: Counters) -> None:
+    first, second = split_crypto(make_client_hello("forged.example"), 2)
+    assert feed(tracker, make_initial(first)) is None
+    forged = make_retry(b"\x66" * 8, forged=True)  # its tag is not over our client's DCID
+    assert feed(tracker, forged, src=SERVER, dst=CLIENT) is None
+    assert counters.get("quic.retry_rejected") == 1
+    assert feed(tracker, make_retry(b"\x77" * 8), src=SERVER, dst=CLIENT) is None
+    assert feed(tracker, make_retry(b"\x88" * 8), src=SERVER, dst=CLIENT) is None  # second
+    assert counters.get("quic.retry") == 1
+    after = make_initial(second, dcid=b"\x77" * 8, pn=1, token=b"token")
+    assert feed(tracker, after) == hello_of("forged.example")
+    assert counters.get("quic.flow_restarted") == 0
 
 
 def test_retry_v2_type_bits(tracker: QuicTracker, counters: Counters) -> None:
@@ -878,6 +921,7 @@ def test_capture_matches_tshark(name: str) -> None:
     assert counters.get("quic.decrypt_failed") == 0
     assert counters.get("quic.malformed") == 0
     assert counters.get("quic.hello_malformed") == 0
+    assert counters.get("quic.retry_rejected") == 0
 
 
 def test_capture_versions() -> None:
@@ -894,9 +938,15 @@ def test_capture_versions() -> None:
         assert {h.version for h in hellos_in(PCAPS / name)} == wanted, name
 
 
-def test_retry_capture_switches_keys() -> None:
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("zeek__quic_interop_quic-go_quic-go_retry.pcap", hello_of("server4:443")),  # v1
+        ("ndpi__doq_adguard.pcapng", hello_of("dns.adguard.com", DRAFT_29)),
+    ],
+)
+def test_capture_retry_is_authenticated_and_followed(name: str, expected: QuicHello) -> None:
     counters = Counters()
-    found = hellos_in(PCAPS / "zeek__quic_interop_quic-go_quic-go_retry.pcap", counters)
-    assert found == [hello_of("server4:443")]
+    assert hellos_in(PCAPS / name, counters) == [expected]
     assert counters.get("quic.retry") == 1
-    assert counters.get("quic.decrypt_failed") == 0
+    assert counters.get("quic.retry_rejected") == counters.get("quic.decrypt_failed") == 0

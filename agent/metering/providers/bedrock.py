@@ -22,7 +22,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 
-from agent.metering.exceptions import MalformedBody
+from agent.metering.exceptions import MalformedBodyError
 from agent.metering.jsonscan import JsonScanner, Path
 from agent.metering.providers.base import Parser, count, header_count, plus
 from agent.metering.records import Counts
@@ -31,6 +31,13 @@ _USAGE: Path = ("usage",)
 _CHUNK_BYTES: Path = ("bytes",)
 _METRICS: Path = ("amazon-bedrock-invocationMetrics",)
 _MAX_CHUNK = 256 * 1024  # a chunk larger than this is content, not the closing metrics chunk
+
+
+def _b64decode(encoded: str) -> bytes | None:
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None  # raised by the caller, unchained: the error would hold model output
 
 
 def _normalised(
@@ -89,10 +96,9 @@ class InvokeParser(Parser):
         encoded = values.get(_CHUNK_BYTES)
         if not isinstance(encoded, str) or len(encoded) > _MAX_CHUNK:
             return
-        try:
-            chunk = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise MalformedBody("Bedrock stream chunk is not base64") from None
+        chunk = _b64decode(encoded)
+        if chunk is None:
+            raise MalformedBodyError("Bedrock stream chunk is not base64")
         found: dict[Path, object] = {}
         # The decoded chunk is the model's own event (text deltas): scan it for the metrics
         # only, then let it go.

@@ -79,9 +79,7 @@ def _reasoning_left_out(u: Mapping[str, object], *, default: bool) -> bool:
     total = count(u, "total_tokens")
     if not reasoning or prompt is None or completion is None or total is None:
         return default and bool(reasoning)
-    if total == prompt + completion + reasoning:
-        return True
-    return False
+    return total == prompt + completion + reasoning
 
 
 class XaiParser(OpenAIParser):

@@ -1,0 +1,258 @@
+"""Digit-led identifiers in one pass: cards, IBANs, phones and national identifiers.
+
+Every one of them contains a digit, so a single fast search for digits drives the pass; the first
+digit of a token is its key position. From there the token is read in one of two shapes:
+
+- letter-led: IBAN (``DE89 3704 ...``), UK NINO (``AB 12 34 56 C``), Spanish NIE
+  (``X1234567L``), tried when upper-case letters stand right before the digits;
+- a number: digit groups joined by single separators (space ``.`` ``-`` ``/``), optionally led
+  by ``+``, ``00`` or a parenthesised group, and the Spanish DNI (digits + control letter).
+
+A number is classified once, in this order, so one token yields at most one label: international
+phone; context-bound identifiers (Dutch BSN, German Steuer-IdNr, Aadhaar: 9, 11 and 12 bare
+digits pass their checksums by chance too often, so they count only with a context word such as
+``BSN`` in the 48 characters before); US SSN (``AAA-GG-SSSS``, consistent separator, never bare
+nine digits); payment card (13-19 digits, contiguous or grouped 4-4-4-4(-x) / 4-6-5 / 4-6-4 with
+one separator kind, IIN range with its lengths, Luhn); national phone. Tokens glued to letters,
+digits or a digit-and-separator on either side are parts of something longer (hashes, UUIDs,
+decimals) and never count. IBAN, NINO, DNI and NIE are matched in upper case only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from agent.metering.detect import labels, phones
+from agent.metering.detect.checksums import (
+    IBAN_LENGTHS,
+    de_tax_id_ok,
+    es_dni_ok,
+    iban_ok,
+    in_aadhaar_ok,
+    luhn_ok,
+    nl_bsn_ok,
+    uk_nino_ok,
+    us_ssn_ok,
+)
+from agent.metering.detect.engine import WORD, right_ok
+
+# A digit with at least five more token characters after it: shorter tokens are none of ours,
+# and skipping them in C keeps prose with small numbers fast.
+_TRIGGER = re.compile(r"[0-9](?=[0-9A-Z ()./-]{5})")
+_NUM = re.compile(
+    r"(?:\+ ?)?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]+(?:(?:[ .\-/]|[ .-]?\([0-9]{1,4}\)[ .-]?)[0-9]+)*"
+)
+_IBAN = re.compile(r"[A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]){10,30}")
+_NINO = re.compile(r"([A-Z]{2}) ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?([A-D])")
+_NIE = re.compile(r"([XYZ])-?([0-9]{7})-?([A-Z])")
+_DNI = re.compile(r"([0-9]{7,8})-?([A-Z])")
+_SSN = re.compile(r"[0-9]{3}([ .-])[0-9]{2}\1[0-9]{4}")
+_GROUPS = re.compile(r"[0-9]+")
+_NOT_DIGIT = re.compile(r"[^0-9]+")
+
+_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_SEPS = frozenset(" .-/")
+_DIGITS = frozenset("0123456789")
+_MAX_TOKEN = 64
+_CONTEXT_SPAN = 48
+
+_CONTEXT = {
+    labels.NL_BSN: re.compile(
+        r"\b(?:bsn|burgerservicenummer|sofi[- ]?nummer|citizen service number)\b"
+    ),
+    labels.DE_TAX_ID: re.compile(
+        r"\b(?:steuer[- ]?id(?:nr)?|idnr|(?:steuerliche |persönliche )?identifikationsnummer"
+        r"|steueridentifikationsnummer|steuernummer|tax id|tin)\b"
+    ),
+    labels.IN_AADHAAR: re.compile(r"\b(?:aadhaa?r|uidai|uid)\b|आधार"),
+}
+
+
+class NumberDetector:
+    """Cards, IBANs, phones, SSNs and the other national identifiers; see the module doc."""
+
+    left = 64  # the context span plus the letters before a letter-led token
+    right = 80  # the longest token read (64) plus the look-ahead after it
+
+    def scan(self, text: str, pos: int, limit: int, found: Counter[str]) -> int:
+        search = _TRIGGER.search
+        while (m := search(text, pos)) is not None and (s := m.start()) < limit:
+            label, end = _decide(text, s)
+            if label is not None:
+                found[label] += 1
+            pos = max(end, s + 1)
+        return max(pos, limit)
+
+
+def _decide(text: str, s: int) -> tuple[str | None, int]:
+    """The label of the token whose first digit is at ``s`` (if any) and where the token ends."""
+    # NUL stands for "before the text": it is in none of the sets, and unlike "" it is not a
+    # substring of every string.
+    c1 = text[s - 1] if s >= 1 else "\0"
+    c2 = text[s - 2] if s >= 2 else "\0"
+    if c1 in _UPPER or c1 in " -":
+        lettered = _letter_led(text, s, c1, c2)
+        if lettered is not None:
+            return lettered
+
+    t0 = s
+    if c1 == "+":
+        t0 = s - 1
+    elif c1 == " " and c2 == "+":
+        t0 = s - 2
+    elif c1 == "(":
+        t0 = s - 1
+    m = _NUM.match(text, t0)
+    if m is None:
+        t0, m = s, _NUM.match(text, s)
+        assert m is not None  # _NUM matches any digit
+    end = m.end()
+    if not _left_ok(text, t0):
+        return None, end
+    if t0 == s:
+        dni = _DNI.match(text, s)
+        if dni is not None and right_ok(text, dni.end()):
+            ok = es_dni_ok(dni[1], dni[2])
+            return (labels.ES_DNI if ok else None), max(end, dni.end())
+    if not right_ok(text, end) or end - t0 > _MAX_TOKEN:
+        return None, end
+    return _classify(text[t0:end], text, t0), end
+
+
+def _left_ok(text: str, t0: int) -> bool:
+    if t0 == 0:
+        return True
+    prev = text[t0 - 1]
+    if prev in WORD or prev == "+":
+        return False
+    # "1-2345..." / "3.1415...": the tail of a longer number, not a token of its own.
+    return not (prev in _SEPS and t0 >= 2 and text[t0 - 2] in _DIGITS)
+
+
+def _letter_led(text: str, s: int, c1: str, c2: str) -> tuple[str | None, int] | None:
+    if c1 in _UPPER and c2 in _UPPER:
+        start = s - 2
+        if start == 0 or text[start - 1] not in WORD:
+            return _iban(text, start) or _nino(text, start)
+        return None
+    if c1 == " " and c2 in _UPPER and s >= 3 and text[s - 3] in _UPPER:
+        start = s - 3
+        if start == 0 or text[start - 1] not in WORD:
+            return _nino(text, start)
+        return None
+    if c1 in "XYZ" and (s == 1 or c2 not in WORD):
+        return _nie(text, s - 1)
+    if c1 == "-" and c2 in "XYZ" and (s == 2 or text[s - 3] not in WORD):
+        return _nie(text, s - 2)
+    return None
+
+
+def _iban(text: str, start: int) -> tuple[str | None, int] | None:
+    m = _IBAN.match(text, start)
+    if m is None:
+        return None
+    cand = m.group()
+    want = IBAN_LENGTHS.get(cand[:2])
+    if want is None:
+        return None
+    # The run may go on past the IBAN ("... 0130 00 2 days"): cut at the registered length,
+    # which must fall on a group boundary.
+    taken = 0
+    for i, ch in enumerate(cand):
+        if ch not in " -":
+            taken += 1
+            if taken == want:
+                end = start + i + 1
+                compact = cand[: i + 1].replace(" ", "").replace("-", "")
+                if right_ok(text, end) and iban_ok(compact):
+                    return labels.IBAN, end
+                return None
+    return None
+
+
+def _nino(text: str, start: int) -> tuple[str | None, int] | None:
+    m = _NINO.match(text, start)
+    if m is None or not right_ok(text, m.end()) or not uk_nino_ok(m[1], m[2]):
+        return None
+    return labels.UK_NINO, m.end()
+
+
+def _nie(text: str, start: int) -> tuple[str | None, int] | None:
+    m = _NIE.match(text, start)
+    if m is None or not right_ok(text, m.end()):
+        return None
+    if not es_dni_ok(str("XYZ".index(m[1])) + m[2], m[3]):
+        return None
+    return labels.ES_NIE, m.end()
+
+
+def _classify(token: str, text: str, t0: int) -> str | None:
+    digits = _NOT_DIGIT.sub("", token)
+    n = len(digits)
+    if n < 8:
+        return None
+    if token[0] == "+" or token.startswith("00"):
+        return labels.PHONE if phones.is_international(token, digits) else None
+    if "(" not in token and "/" not in token:
+        ident = _context_id(digits, text, t0)
+        if ident is not None:
+            return ident
+        if n == 9 and _SSN.fullmatch(token):
+            return labels.US_SSN if us_ssn_ok(digits) else None
+        if 13 <= n <= 19 and _card_shape(token):
+            return labels.CARD if card_brand_ok(digits) and luhn_ok(digits) else None
+    return labels.PHONE if phones.is_national(token, n) else None
+
+
+def _context_id(digits: str, text: str, t0: int) -> str | None:
+    n = len(digits)
+    if n == 9 and nl_bsn_ok(digits):
+        label = labels.NL_BSN
+    elif n == 11 and de_tax_id_ok(digits):
+        label = labels.DE_TAX_ID
+    elif n == 12 and in_aadhaar_ok(digits):
+        label = labels.IN_AADHAAR
+    else:
+        return None
+    before = text[max(0, t0 - _CONTEXT_SPAN) : t0].lower()
+    return label if _CONTEXT[label].search(before) else None
+
+
+def _card_shape(token: str) -> bool:
+    seps = set(_GROUPS.split(token)[1:-1])
+    if len(seps) > 1 or not seps <= {" ", "-"}:
+        return False
+    sizes = [len(g) for g in _GROUPS.findall(token)]
+    if len(sizes) == 1:
+        return True
+    if sizes in ([4, 6, 5], [4, 6, 4]):  # Amex, Diners
+        return True
+    return len(sizes) >= 4 and all(k == 4 for k in sizes[:-1]) and 1 <= sizes[-1] <= 4
+
+
+# Maestro's issuer prefixes still in use (13-19 digits).
+_MAESTRO = frozenset({5018, 5020, 5038, 5893, 6304, 6759, 6761, 6762, 6763})
+
+
+def card_brand_ok(d: str) -> bool:
+    """The number starts in an issuer (IIN) range and has a length that range issues."""
+    n = len(d)
+    p2, p3, p4, p6 = int(d[:2]), int(d[:3]), int(d[:4]), int(d[:6])
+    if d[0] == "4":  # Visa
+        return n in (13, 16, 19)
+    if 51 <= p2 <= 55 or 2221 <= p4 <= 2720:  # Mastercard
+        return n == 16
+    if p2 in (34, 37):  # American Express
+        return n == 15
+    if p4 == 6011 or 644 <= p3 <= 649 or p2 == 65 or 622126 <= p6 <= 622925:  # Discover
+        return 16 <= n <= 19
+    if p2 == 62 or 3528 <= p4 <= 3589 or 2200 <= p4 <= 2204:  # UnionPay, JCB, Mir
+        return 16 <= n <= 19
+    if 300 <= p3 <= 305 or p2 in (36, 38, 39):  # Diners Club
+        return 14 <= n <= 19
+    if p4 in _MAESTRO:
+        return 13 <= n <= 19
+    if p2 == 60 or p3 == 508 or 506099 <= p6 <= 506198 or p4 == 9792:  # RuPay, Verve, Troy
+        return 16 <= n <= 19
+    return False
