@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from agent.scan import Scanner, Sighting, summarise
 from lantern.output import Progress, print_table
 from signatures.cli import catalog_dir_option, load_or_exit
 from signatures.matcher import Matcher
+
+AUTO_JOBS_BYTES = 16 << 20
 
 
 def sighting_json(s: Sighting) -> dict[str, object]:
@@ -44,12 +47,20 @@ def sighting_json(s: Sighting) -> dict[str, object]:
     default=None,
     help="Show progress on stderr (default: when stderr is a terminal).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default="0: automatic",
+    help="Processes per file; 0 picks one per core for files over 16 MB.",
+)
 @catalog_dir_option
 def scan(
     files: tuple[Path, ...],
     as_json: bool,
     all_names: bool,
     progress: bool | None,
+    jobs: int,
     catalog_dirs: tuple[Path, ...],
 ) -> None:
     """Read pcap/pcapng FILES and report the AI services seen (DNS, TLS SNI, QUIC, HTTP).
@@ -64,7 +75,7 @@ def scan(
     failed = False
     for path in files:
         try:
-            for s in scanner.scan_file(path, progress=bar):
+            for s in scanner.scan_file(path, progress=bar, jobs=jobs or _auto_jobs(path)):
                 if s.match is None and not all_names:
                     continue
                 if as_json:
@@ -80,6 +91,15 @@ def scan(
         _print_summary(scanner, kept, all_names)
     if failed:
         sys.exit(2)
+
+
+def _auto_jobs(path: Path) -> int:
+    """Parallel only pays past process start-up, and needs a second core."""
+    try:
+        big = path.stat().st_size > AUTO_JOBS_BYTES
+    except OSError:
+        return 1  # the scan reports the missing file
+    return min(os.cpu_count() or 1, 4) if big else 1
 
 
 def _print_summary(scanner: Scanner, kept: list[Sighting], all_names: bool) -> None:

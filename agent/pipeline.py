@@ -34,8 +34,18 @@ class NameExtractor:
     ``ip`` for connections without a readable name whose address a DNS answer named earlier.
     """
 
-    def __init__(self, counters: Counters | None = None, limits: PipelineLimits | None = None):
+    def __init__(
+        self,
+        counters: Counters | None = None,
+        limits: PipelineLimits | None = None,
+        shard: tuple[int, int] | None = None,
+    ):
+        """``shard=(i, n)``: handle only the address pairs that hash to ``i`` of ``n``, so that
+        ``n`` extractors can share one capture between processes. Every shard still reads all
+        DNS (the IP→name cache must be whole) but reports only its own.
+        """
         self.counters = counters or Counters()
+        self.shard = shard
         limits = limits or PipelineLimits()
         self.decoder = PacketDecoder(self.counters)
         self.dns_cache = IpNameCache(max_entries=limits.dns_cache_entries, counters=self.counters)
@@ -55,6 +65,12 @@ class NameExtractor:
         if seg is None:
             return []
         proto, src, dst, sport, dport, seq, flags, payload = seg
+        if self.shard is not None:
+            index, count = self.shard
+            if (int.from_bytes(src) ^ int.from_bytes(dst)) % count != index:
+                if sport in _DNS_PORTS or dport in _DNS_PORTS:
+                    self._learn_dns(ts, proto, src, dst, sport, dport, seq, flags, payload)
+                return []
         if proto == UDP:
             if sport in _DNS_PORTS or dport in _DNS_PORTS:
                 return self.dns.on_udp(ts, src, dst, sport, dport, payload)
@@ -66,6 +82,24 @@ class NameExtractor:
         if proto == TCP:
             return self.tcp.on_segment(ts, src, dst, sport, dport, seq, flags, payload)
         return []
+
+    def _learn_dns(
+        self,
+        ts: float,
+        proto: int,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        seq: int,
+        flags: int,
+        payload: bytes,
+    ) -> None:
+        """DNS of another shard: feed the cache, report nothing (that shard reports it)."""
+        if proto == UDP:
+            self.dns.on_udp(ts, src, dst, sport, dport, payload)
+        elif proto == TCP:
+            self.tcp.on_segment(ts, src, dst, sport, dport, seq, flags, payload)
 
     def _on_quic(
         self, ts: float, src: bytes, dst: bytes, sport: int, dport: int, payload: bytes

@@ -13,6 +13,7 @@ from agent.counters import Counters
 from agent.exceptions import CaptureError
 from agent.pipeline import NameExtractor, PipelineLimits
 from agent.records import Observation
+from agent.scanjobs import JobResult, sharded_observations
 from signatures.matcher import Matcher
 from signatures.model import Match
 
@@ -46,18 +47,59 @@ class Scanner:
         self.limits = limits
         self.stats = ScanStats()
         self._counters = Counters()
+        self._truncated = False
 
     def scan_file(
-        self, path: Path, *, progress: ProgressFn | None = None, every: int = 20000
+        self,
+        path: Path,
+        *,
+        progress: ProgressFn | None = None,
+        every: int = 20000,
+        jobs: int = 1,
     ) -> Iterator[Sighting]:
         """Yield Sightings for every name in ``path``. Raises CaptureError for a bad file;
         a capture cut short is scanned up to the cut and then raises CaptureError too.
+        ``jobs`` > 1 shares the work between that many processes (same results, same order).
         """
         started = time.perf_counter()
+        name = str(path)
+        match_name = self.matcher.match_name
+        if jobs > 1:
+            result = JobResult()
+            report = None
+            if progress is not None:
+                report = lambda done, total, n: progress(name, done, total, n)  # noqa: E731
+            observations = sharded_observations(path, jobs, self.limits, result, report)
+        else:
+            observations = self._observations(path, name, progress, every)
+        truncated = False
+        try:
+            for o in observations:
+                m = match_name(o.name)
+                self.stats.names += 1
+                if m is not None:
+                    self.stats.matches += 1
+                yield Sighting(name, o, m)
+        finally:
+            self.stats.files += 1
+            self.stats.seconds += time.perf_counter() - started
+            if jobs > 1:
+                self.stats.packets += result.packets
+                for k, v in result.counters.items():
+                    self._counters.inc(k, v)
+                truncated = result.truncated
+            else:
+                truncated = self._truncated
+            self.stats.counters = self._counters.snapshot()
+        if truncated:
+            raise CaptureError(f"{path}: capture is cut short in the middle of a packet")
+
+    def _observations(
+        self, path: Path, name: str, progress: ProgressFn | None, every: int
+    ) -> Iterator[Observation]:
         source = PcapFileSource(path, self._counters)
         extractor = NameExtractor(self._counters, self.limits)
-        match_name = self.matcher.match_name
-        name = str(path)
+        self._truncated = False
         try:
             on_frame = extractor.on_frame
             n = 0
@@ -67,23 +109,15 @@ class Scanner:
                     done, total = source.progress()
                     progress(name, done, total, n)
                 obs = on_frame(ts, linktype, frame)
-                for o in obs:
-                    m = match_name(o.name)
-                    self.stats.names += 1
-                    if m is not None:
-                        self.stats.matches += 1
-                    yield Sighting(name, o, m)
+                if obs:
+                    yield from obs
             if progress is not None:
                 done, total = source.progress()
                 progress(name, total, total, n)
         finally:
             source.close()
-            self.stats.files += 1
             self.stats.packets += extractor.packets
-            self.stats.seconds += time.perf_counter() - started
-            self.stats.counters = self._counters.snapshot()
-        if source.truncated:
-            raise CaptureError(f"{path}: capture is cut short in the middle of a packet")
+            self._truncated = source.truncated
 
 
 @dataclass

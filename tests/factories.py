@@ -12,7 +12,7 @@ import base64
 import os
 import random
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
@@ -451,7 +451,7 @@ def aioquic_datagrams(
 
 def quic_initial_payloads(datagrams: Iterable[bytes]) -> list[tuple[bytes, int, bytes]]:
     """Decrypt client Initials the way a server would: (DCID, packet number, plaintext)."""
-    from aioquic.buffer import Buffer
+    from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
     from aioquic.quic.crypto import CryptoPair
     from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
@@ -462,7 +462,7 @@ def quic_initial_payloads(datagrams: Iterable[bytes]) -> list[tuple[bytes, int, 
             start = buf.tell()
             header = pull_quic_header(buf, host_cid_length=8)
             end = start + header.packet_length
-            if header.packet_type == QuicPacketType.INITIAL:
+            if header.packet_type == QuicPacketType.INITIAL and header.version is not None:
                 pair = CryptoPair()
                 pair.setup_initial(header.destination_cid, is_client=False, version=header.version)
                 _, plain, pn = pair.decrypt_packet(data[start:end], buf.tell() - start, 0)
@@ -625,7 +625,7 @@ def raw(pkt: Packet) -> Packet:
 
 
 # name -> (wrapper, pcap link type)
-LINKS = {
+LINKS: dict[str, tuple[Callable[[Packet], Packet], int]] = {
     "ether": (ether, LINKTYPE_ETHERNET),
     "vlan": (vlan, LINKTYPE_ETHERNET),
     "qinq": (lambda p: vlan(p, qinq=True), LINKTYPE_ETHERNET),

@@ -45,20 +45,16 @@ _TOP, _VALUE, _ARR_FIRST, _OBJ_FIRST, _OBJ_KEY, _AFTER_KEY, _AFTER_VALUE, _DONE 
 _NO_STR, _VALUE_STR, _KEY_STR, _SKIPPED_STR = range(4)
 
 
-_INVALID = object()
+INVALID = object()  # what `loads_or_invalid` returns for bad JSON
 
 
 def loads_or_invalid(raw: bytes | bytearray) -> object:
-    """`json.loads`, or the `INVALID` marker. Errors are raised by callers outside the
-    ``except`` block: a chained JSONDecodeError would carry the document (maybe a prompt)."""
+    """`json.loads`, or `INVALID`. Callers raise outside any ``except`` block: a chained
+    JSONDecodeError would carry the document, which may be someone's prompt."""
     try:
         return json.loads(raw)
     except ValueError:
-        return _INVALID
-
-
-_loads = loads_or_invalid
-INVALID = _INVALID
+        return INVALID
 
 
 class JsonScanner:
@@ -327,8 +323,8 @@ class JsonScanner:
             return _UNMATCHABLE_KEY
         if b"\\" not in raw:
             return raw.decode("utf-8", "replace")
-        key = _loads(b'"' + raw + b'"')
-        if key is _INVALID:
+        key = loads_or_invalid(b'"' + raw + b'"')
+        if key is INVALID:
             raise MalformedBodyError("JSON: bad escape in an object key")
         return key if isinstance(key, str) else _UNMATCHABLE_KEY
 
@@ -375,7 +371,7 @@ class JsonScanner:
         if self._cap_over or cap is None:
             self.oversize += 1
             return
-        value = _loads(bytes(cap))
-        if value is _INVALID:
+        value = loads_or_invalid(bytes(cap))
+        if value is INVALID:
             raise MalformedBodyError("JSON: a usage field is not valid JSON")
         self._on_value(self._cap_path, value)

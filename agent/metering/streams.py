@@ -2,8 +2,10 @@
 
 Each framer takes chunks as they arrive and hands an `EventSink` one event at a time: the values
 found at the sink's wanted paths, plus the event's name (SSE ``event:`` field or the event-stream
-``:event-type`` header). Event payloads are streamed into a `JsonScanner`, never gathered whole;
-what stays in memory is a line's field name, an event name and an event-stream frame's headers.
+``:event-type`` header). Memory held is bounded: an event's data up to 16 KiB (parsed whole,
+which is fast for the thousands of tiny events of a stream), beyond that a `JsonScanner`'s
+state; a line's field name, an event name, an event-stream frame's headers. A JSON body is
+always scanned, never gathered.
 """
 
 from __future__ import annotations
@@ -364,6 +366,7 @@ _MIN_FRAME = 16  # prelude (12) + message CRC (4)
 # Header value types of the event-stream encoding, with fixed sizes where they have one.
 _FIXED_SIZE = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
 _TYPE_BYTES, _TYPE_STRING = 6, 7
+_BAD_HEADERS = "\x00bad"  # placeholder message type while a frame's CRC is still unchecked
 
 
 def parse_eventstream_headers(raw: bytes) -> dict[str, str]:
@@ -462,7 +465,11 @@ class EventStreamDecoder:
                 self._start_payload()
         elif self._phase == self._HEADERS_PHASE:
             self._crc = zlib.crc32(raw, self._crc)
-            self._headers = parse_eventstream_headers(raw)
+            try:
+                self._headers = parse_eventstream_headers(raw)
+            except MalformedBodyError:
+                # Judge after the message CRC: a corrupted frame is a checksum error first.
+                self._headers = {":message-type": _BAD_HEADERS}
             self._start_payload()
         else:
             (message_crc,) = struct.unpack(">I", raw)
@@ -480,6 +487,8 @@ class EventStreamDecoder:
     def _end_frame(self) -> None:
         headers = self._headers
         self._phase, self._need = self._PRELUDE_PHASE, _PRELUDE.size
+        if headers.get(":message-type") == _BAD_HEADERS:
+            raise MalformedBodyError("event stream: malformed header block")
         if self._is_json_event():
             self._json.end(headers.get(":event-type"))
             self.events += 1

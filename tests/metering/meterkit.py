@@ -67,10 +67,13 @@ def run(
 _TIMESTAMP = 8
 
 
-def frame(headers: dict[str, str | int], payload: bytes) -> bytes:
-    """One event-stream message; str headers are type 7 (string), int ones type 8 (timestamp)."""
-    block = bytearray()
-    for name, value in headers.items():
+def frame(headers: dict[str, str | int] | bytes, payload: bytes) -> bytes:
+    """One event-stream message; str headers are type 7 (string), int ones type 8 (timestamp).
+
+    ``headers`` may also be a raw header block, to build malformed ones.
+    """
+    block = bytearray(headers if isinstance(headers, bytes) else b"")
+    for name, value in headers.items() if isinstance(headers, dict) else ():
         raw = name.encode()
         block += bytes([len(raw)]) + raw
         if isinstance(value, int):

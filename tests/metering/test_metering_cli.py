@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from meterkit import DATA, converse_stream_body
+from meterkit import DATA, converse_stream_body, data, run
 
 from agent.metering.cli import JSON_KEYS, meter
 from agent.metering.cost import Pricer
-from meterkit import run, data
 
 ANTHROPIC = "https://api.anthropic.com/v1/messages"
 BEDROCK = "https://bedrock-runtime.us-east-1.amazonaws.com/model"
@@ -23,9 +22,7 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
 
 def test_text_output() -> None:
-    code, out, err = invoke(
-        "--url", ANTHROPIC, "--response", str(DATA / "anthropic_stream.sse")
-    )
+    code, out, err = invoke("--url", ANTHROPIC, "--response", str(DATA / "anthropic_stream.sse"))
     assert (code, err) == (0, "")
     lines = dict(line.split(None, 1) for line in out.splitlines())
     assert list(lines) == list(JSON_KEYS)
@@ -65,9 +62,10 @@ def test_json_output_has_exactly_the_keys() -> None:
         "reasoning_tokens": 0,
         "estimated": False,
     }
-    assert obj["cost_usd"] == pytest.approx(Pricer()(run(
-        "https://api.openai.com/v1/chat/completions", data("openai_chat.json")
-    )) or 0, rel=1e-12)
+    assert obj["cost_usd"] == pytest.approx(
+        Pricer()(run("https://api.openai.com/v1/chat/completions", data("openai_chat.json"))) or 0,
+        rel=1e-12,
+    )
 
 
 def test_eventstream_binary_and_headers_file(tmp_path: Path) -> None:
@@ -82,7 +80,11 @@ def test_eventstream_binary_and_headers_file(tmp_path: Path) -> None:
     )
     assert code == 0
     obj = json.loads(out)
-    assert (obj["input_tokens"], obj["output_tokens"], obj["cache_read_tokens"]) == (2078, 628, 2048)
+    assert (obj["input_tokens"], obj["output_tokens"], obj["cache_read_tokens"]) == (
+        2078,
+        628,
+        2048,
+    )
 
     code, out, _ = invoke(
         "--url",
@@ -138,26 +140,24 @@ def test_error_status_line_makes_a_bad_body_a_record(tmp_path: Path) -> None:
     assert json.loads(out)["input_tokens"] is None
 
 
+GOOD = str(DATA / "openai_chat.json")
+UNKNOWN = "https://example.com/v1/chat?key=SECRET-KEY-123"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--url", ANTHROPIC, "--response", "/nonexistent/body.json"], "cannot read response"),
-        (
-            ["--url", ANTHROPIC, "--response", str(DATA / "openai_chat.json"), "--request", "/nope"],
-            "cannot read request",
-        ),
-        (
-            ["--url", "https://example.com/v1/chat?key=SECRET-KEY-123", "--response", str(DATA / "openai_chat.json")],
-            "no metered AI endpoint at example.com/v1/chat",
-        ),
+        (["--url", ANTHROPIC, "--response", GOOD, "--request", "/nope"], "cannot read request"),
+        (["--url", UNKNOWN, "--response", GOOD], "no metered AI endpoint at example.com/v1/chat"),
         (["--url", ANTHROPIC, "--response", str(DATA / "malformed.json")], "not valid JSON"),
         (["--url", ANTHROPIC, "--response", str(DATA / "truncated.json")], "ends inside"),
         (
-            ["--url", ANTHROPIC, "--response", str(DATA / "openai_chat.json"), "--response-headers", str(DATA / "openai_chat.json")],
+            ["--url", ANTHROPIC, "--response", GOOD, "--response-headers", GOOD],
             "expected 'Name: value'",
         ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     code, out, err = invoke(*args)
     assert code == 2
@@ -173,8 +173,6 @@ def test_corrupted_eventstream_exit_2(tmp_path: Path) -> None:
     body[30] ^= 0xFF
     path = tmp_path / "bad.bin"
     path.write_bytes(bytes(body))
-    code, _, err = invoke(
-        "--url", f"{BEDROCK}/m/converse-stream", "--response", str(path)
-    )
+    code, _, err = invoke("--url", f"{BEDROCK}/m/converse-stream", "--response", str(path))
     assert code == 2
     assert "CRC" in err

@@ -166,18 +166,38 @@ SECRET = b"device-local-secret"
 
 
 @pytest.mark.parametrize(
-    ("url", "header", "key"),
+    ("url", "header", "prefix", "key"),
     [
-        ("https://api.openai.com/v1/chat/completions", ("Authorization", "Bearer sk-proj-AbCd1234EfGh5678wxyz"), "sk-proj-AbCd1234EfGh5678wxyz"),
-        ("https://api.anthropic.com/v1/messages", ("x-api-key", "sk-ant-api03-abcdefghijklmnopqrst-9f3Q"), "sk-ant-api03-abcdefghijklmnopqrst-9f3Q"),
-        ("https://r.openai.azure.com/openai/deployments/d/chat/completions", ("api-key", "0123456789abcdef0123456789abcdef"), "0123456789abcdef0123456789abcdef"),
-        ("https://generativelanguage.googleapis.com/v1beta/models/g:generateContent", ("x-goog-api-key", "AIzaSyA-1234567890abcdefghijklmnopqrs"), "AIzaSyA-1234567890abcdefghijklmnopqrs"),
+        (
+            "https://api.openai.com/v1/chat/completions",
+            "Authorization",
+            "Bearer ",
+            "sk-proj-AbCd1234EfGh5678wxyz",
+        ),
+        (
+            "https://api.anthropic.com/v1/messages",
+            "x-api-key",
+            "",
+            "sk-ant-api03-abcdefghijklmnopqrst-9f3Q",
+        ),
+        (
+            "https://r.openai.azure.com/openai/deployments/d/chat/completions",
+            "api-key",
+            "",
+            "0123456789abcdef0123456789abcdef",
+        ),
+        (
+            "https://generativelanguage.googleapis.com/v1beta/models/g:generateContent",
+            "x-goog-api-key",
+            "",
+            "AIzaSyA-1234567890abcdefghijklmnopqrs",
+        ),
     ],
-)  # fmt: skip
+)
 def test_key_fingerprint_is_hmac_and_key_never_kept(
-    url: str, header: tuple[str, str], key: str
+    url: str, header: str, prefix: str, key: str
 ) -> None:
-    ex = make_extractor(url, request_headers=[header], key_secret=SECRET)
+    ex = make_extractor(url, request_headers=[(header, prefix + key)], key_secret=SECRET)
     usage = ex.finish([], 500)
     assert usage.key_fingerprint == hmac.new(SECRET, key.encode(), hashlib.sha256).hexdigest()
     assert key not in repr(usage)
@@ -197,9 +217,11 @@ def test_gemini_key_from_query_string() -> None:
 
 def test_aws_sigv4_fingerprints_the_access_key_id_only() -> None:
     auth = (
-        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20250101/us-east-1/bedrock/aws4_request, "
-        "SignedHeaders=host;x-amz-date, Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024"
-    )  # fmt: skip
+        "AWS4-HMAC-SHA256 "
+        "Credential=AKIAIOSFODNN7EXAMPLE/20250101/us-east-1/bedrock/aws4_request, "
+        "SignedHeaders=host;x-amz-date, "
+        "Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024"
+    )
     usage = run(
         "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse",
         data("bedrock_converse.json"),

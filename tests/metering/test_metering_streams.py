@@ -195,6 +195,20 @@ def test_eventstream_corrupted_payload_fails_message_crc_and_emits_nothing() -> 
     assert sink.events == []
 
 
+def test_eventstream_bad_header_block_with_good_crc_is_malformed() -> None:
+    body = frame(b"\x0b:event-type\x07\x00\x40metadata", b'{"n": 1}')  # length overruns
+    with pytest.raises(MalformedBodyError, match="header block") as info:
+        eventstream(body)
+    assert not isinstance(info.value, ChecksumError)
+
+
+def test_eventstream_corrupted_header_is_a_checksum_error() -> None:
+    good = event("metadata", {"n": 1})
+    bad = good[:13] + bytes([good[13] ^ 0x40]) + good[14:]  # inside the header block
+    with pytest.raises(ChecksumError, match="message CRC"):
+        eventstream(bad)
+
+
 def test_eventstream_truncated_frame() -> None:
     body = converse_stream_body()
     with pytest.raises(TruncatedBodyError):

@@ -110,12 +110,15 @@ def _decide(text: str, s: int) -> tuple[str | None, int]:
     end = m.end()
     if not _left_ok(text, t0):
         return None, end
-    if t0 == s:
+    after = text[end] if end < len(text) else "\0"
+    if t0 == s and (after in _UPPER or after == "-"):
         dni = _DNI.match(text, s)
         if dni is not None and right_ok(text, dni.end()):
             ok = es_dni_ok(dni[1], dni[2])
             return (labels.ES_DNI if ok else None), max(end, dni.end())
-    if not right_ok(text, end) or end - t0 > _MAX_TOKEN:
+    # Fewer than 8 characters cannot hold the 8 digits the shortest number needs: most numbers
+    # in text end here, before any string is built.
+    if end - t0 < 8 or end - t0 > _MAX_TOKEN or after in WORD:
         return None, end
     return _classify(text[t0:end], text, t0), end
 
@@ -206,17 +209,21 @@ def _classify(token: str, text: str, t0: int) -> str | None:
 
 
 def _context_id(digits: str, text: str, t0: int) -> str | None:
-    n = len(digits)
-    if n == 9 and nl_bsn_ok(digits):
-        label = labels.NL_BSN
-    elif n == 11 and de_tax_id_ok(digits):
-        label = labels.DE_TAX_ID
-    elif n == 12 and in_aadhaar_ok(digits):
-        label = labels.IN_AADHAAR
-    else:
+    entry = _BY_LENGTH.get(len(digits))
+    if entry is None:
         return None
+    label, valid = entry
+    # The context word first: a regex over 48 characters is cheaper than a checksum in Python,
+    # and most 9-12 digit numbers (ids, amounts) have none.
     before = text[max(0, t0 - _CONTEXT_SPAN) : t0].lower()
-    return label if _CONTEXT[label].search(before) else None
+    return label if _CONTEXT[label].search(before) and valid(digits) else None
+
+
+_BY_LENGTH = {
+    9: (labels.NL_BSN, nl_bsn_ok),
+    11: (labels.DE_TAX_ID, de_tax_id_ok),
+    12: (labels.IN_AADHAAR, in_aadhaar_ok),
+}
 
 
 def _card_shape(token: str) -> bool:

@@ -55,24 +55,39 @@ class KeywordDetector:
     left = 1
 
     def __init__(self, entries: list[tuple[str, str]], *, case_sensitive: bool) -> None:
-        # Longest first, so that at one start a keyword is tried before its own prefix.
-        self._entries = sorted(entries, key=lambda e: -len(e[0]))
-        flags = 0 if case_sensitive else re.IGNORECASE
-        alternatives = "|".join(f"({re.escape(word)})" for word, _ in self._entries)
-        self._search = re.compile(alternatives, flags).search
+        # Longest first, so that at one start a keyword is tried before its own prefix. No
+        # capturing groups: they cost the regex engine its fast first-character scan; the label
+        # is looked up from the matched text instead.
+        entries = sorted(entries, key=lambda e: -len(e[0]))
+        self._flags = 0 if case_sensitive else re.IGNORECASE
+        self._fold = (lambda w: w) if case_sensitive else str.lower
+        self._entries = entries
+        self._label = {self._fold(word): (word, label) for word, label in reversed(entries)}
+        alternatives = "|".join(re.escape(word) for word, _ in entries)
+        self._search = re.compile(alternatives, self._flags).search
         # Python's IGNORECASE folds one character to one character, so a match is as long as
         # its keyword.
         self.right = len(self._entries[0][0]) + 1
 
     def scan(self, text: str, pos: int, limit: int, found: Counter[str]) -> int:
-        search, entries = self._search, self._entries
+        search = self._search
         while (m := search(text, pos)) is not None and (s := m.start()) < limit:
             pos = max(m.end(), s + 1)
-            assert m.lastindex is not None  # every alternative is a group
-            word, label = entries[m.lastindex - 1]
+            word, label = self._entry(m.group())
             if _whole_word(text, s, pos, word):
                 found[label] += 1
         return max(pos, limit)
+
+    def _entry(self, matched: str) -> tuple[str, str]:
+        entry = self._label.get(self._fold(matched))
+        if entry is not None:
+            return entry
+        # str.lower and the regex engine's case folding disagree on a few characters (dotted
+        # capital I): find the keyword the engine matched.
+        for word, label in self._entries:
+            if re.fullmatch(re.escape(word), matched, self._flags):
+                return word, label
+        raise AssertionError("a keyword match that matches no keyword")
 
 
 def keyword_detectors(rules: Iterable[OrgKeyword]) -> list[KeywordDetector]:
