@@ -21,6 +21,7 @@ _PCAP_MAGICS = {
 _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 _BOM = 0x1A2B3C4D
 _MAX_RECORD = 1 << 18
+_RELEASE_EVERY = 16 << 20  # bytes read between two releases of the pages behind them
 # fixed part of each block type we read, trailer included: a shorter block is corrupt
 _MIN_BLOCK = {1: 20, 2: 32, 3: 16, 6: 32}  # a frame over 256 KiB means a corrupt record length
 
@@ -39,6 +40,8 @@ class PcapFileSource:
         self.counters = counters or Counters()
         self.truncated = False
         self._pos = 0
+        self._released = 0
+        self._release_at = _RELEASE_EVERY
         try:
             with self.path.open("rb") as f:
                 self._size = os.fstat(f.fileno()).st_size
@@ -77,6 +80,16 @@ class PcapFileSource:
     def progress(self) -> tuple[int, int]:
         return self._pos, self._size
 
+    def _release(self, pos: int) -> None:
+        """Drop the pages already read from this process's resident set. Frames are copied out
+        of the mapping, so nothing refers to them; without this, RSS grows to the file size.
+        """
+        upto = pos & ~(mmap.PAGESIZE - 1)
+        if upto > self._released and hasattr(self._mm, "madvise"):
+            self._mm.madvise(mmap.MADV_DONTNEED, self._released, upto - self._released)
+            self._released = upto
+        self._release_at = pos + _RELEASE_EVERY
+
     def close(self) -> None:
         self._mm.close()
 
@@ -100,6 +113,8 @@ class PcapFileSource:
                 self._truncated()
                 return
             self._pos = pos = end
+            if pos >= self._release_at:
+                self._release(pos)
             yield sec + frac * scale, linktype, mm[start:end]
         if pos != size:
             self._truncated()
@@ -128,6 +143,8 @@ class PcapFileSource:
                 else:
                     linktype, unit = ifaces[iface]
                     self._pos = pos = end
+                    if pos >= self._release_at:
+                        self._release(pos)
                     yield (
                         ((ts_hi << 32) | ts_lo) * unit,
                         linktype,

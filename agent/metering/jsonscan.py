@@ -173,7 +173,7 @@ class JsonScanner:
             # A top-level number or literal ends with the body.
             self._scalar = False
             self._value_done(b"", 0)
-        if not self.idle or self._state not in (_TOP, _DONE):
+        if not self.idle:
             raise TruncatedBodyError("JSON body ends inside a value")
 
     # ------------------------------------------------------------------ outside strings
