@@ -115,7 +115,7 @@ class NameExtractor:
             else:
                 out.append(Observation(ts, s, sport, d, dport, "quic", hello.sni))
         if hello.sni is None or hello.has_ech:
-            out.extend(self.dns.ip_observations(ts, s, sport, d, dport))
+            out.extend(self.dns.ip_observations(ts, s, sport, d, dport, hello.sni))
         return out
 
     def expire(self, now: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from agent.cli import scan
+from agent.metering.cli import meter
 from lantern import __version__
 from signatures.cli import catalog
 
@@ -18,3 +19,4 @@ def main() -> None:
 
 main.add_command(catalog)
 main.add_command(scan)
+main.add_command(meter)

@@ -202,8 +202,8 @@ def make_client_hello(
 # --------------------------------------------------------------------------- IP, UDP, TCP
 
 
-def ip_layer(src: str, dst: str) -> Packet:
-    return IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst, id=1)
+def ip_layer(src: str, dst: str, ip_id: int = 1) -> Packet:
+    return IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst, id=ip_id & 0xFFFF)
 
 
 def make_packet(
@@ -218,13 +218,14 @@ def make_packet(
     seq: int = 1,
     ack: int = 0,
     ts: float = 1_700_000_000.0,
+    ip_id: int = 1,
 ) -> Packet:
     """One IPv4 or IPv6 (chosen by the address) TCP or UDP packet with ``payload``."""
     if proto == "udp":
         l4: Packet = UDP(sport=sport, dport=dport)
     else:
         l4 = TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, window=64240)
-    pkt = ip_layer(src, dst) / l4
+    pkt = ip_layer(src, dst, ip_id) / l4
     if payload:
         pkt = pkt / Raw(payload)
     pkt.time = ts
@@ -278,6 +279,8 @@ def tcp_flow_packets(
         nonlocal ts
         pkt.time = ts
         ts += step
+        if IP in pkt:  # each datagram its own IP ID, as stacks do (fragments are keyed by it)
+            pkt[IP].id = ((isn >> 16) + len(out)) & 0xFFFF
         out.append(pkt)
 
     if syn:
@@ -657,15 +660,18 @@ def pcap_bytes(
     *,
     nanosecond: bool = False,
     big_endian: bool = False,
+    snaplen: int = 262144,
 ) -> bytes:
-    """A classic pcap file (micro- or nanosecond timestamps, either byte order)."""
+    """A classic pcap file (micro- or nanosecond timestamps, either byte order); frames longer
+    than ``snaplen`` are cut to it, as ``tcpdump -s`` does."""
     e = ">" if big_endian else "<"
     magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
     scale = 1_000_000_000 if nanosecond else 1_000_000
-    out = bytearray(struct.pack(e + "IHHiIII", magic, 2, 4, 0, 0, 262144, linktype))
+    out = bytearray(struct.pack(e + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
     for ts, data, _ in _frames(packets):
         ticks = round(ts * scale)
-        out += struct.pack(e + "IIII", ticks // scale, ticks % scale, len(data), len(data)) + data
+        kept = data[:snaplen]
+        out += struct.pack(e + "IIII", ticks // scale, ticks % scale, len(kept), len(data)) + kept
     return bytes(out)
 
 
@@ -676,8 +682,11 @@ def write_pcap(
     *,
     nanosecond: bool = False,
     big_endian: bool = False,
+    snaplen: int = 262144,
 ) -> Path:
-    path.write_bytes(pcap_bytes(packets, linktype, nanosecond=nanosecond, big_endian=big_endian))
+    path.write_bytes(
+        pcap_bytes(packets, linktype, nanosecond=nanosecond, big_endian=big_endian, snaplen=snaplen)
+    )
     return path
 
 

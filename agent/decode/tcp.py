@@ -39,16 +39,12 @@ class StreamBuffer:
             rel = 0
         have = len(self.data)
         if rel > have:
-            if rel >= self.limit:
-                self.overflow = True
-                return False
-            payload = payload[: self.limit - rel]  # nothing past the limit is ever kept
-            old = self.pending.get(rel)
-            if old is None or len(old) < len(payload):
-                self.pending_bytes += len(payload) - (len(old) if old else 0)
-                self.pending[rel] = payload
-            if self.pending_bytes > self.limit:
-                self.overflow = True
+            if rel + len(payload) > self.limit:
+                self.overflow = True  # bytes past the limit were wanted: never kept
+                if rel >= self.limit:
+                    return False
+                payload = payload[: self.limit - rel]
+            self._hold(rel, payload)
             return False
         end = rel + len(payload)
         if end <= have:
@@ -60,6 +56,21 @@ class StreamBuffer:
             del self.data[self.limit :]
             self.overflow = True
         return True
+
+    def _hold(self, rel: int, payload: bytes) -> None:
+        """Keep a segment that arrived ahead of a hole, merged with the held segments it
+        overlaps or touches, so no byte is held twice and the total stays within ``limit``."""
+        start, end, merged = rel, rel + len(payload), payload
+        for r in [r for r, seg in self.pending.items() if r <= end and r + len(seg) >= start]:
+            seg = self.pending.pop(r)
+            self.pending_bytes -= len(seg)
+            lo, hi = min(start, r), max(end, r + len(seg))
+            joined = bytearray(hi - lo)
+            joined[r - lo : r - lo + len(seg)] = seg
+            joined[start - lo : end - lo] = merged  # the newer copy wins where they overlap
+            start, end, merged = lo, hi, bytes(joined)
+        self.pending[start] = merged
+        self.pending_bytes += len(merged)
 
     def _drain(self) -> None:
         progressed = True

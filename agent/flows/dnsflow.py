@@ -87,8 +87,16 @@ class DnsHandler:
         self._queries[(client, port, ident)] = None
 
     def ip_observations(
-        self, ts: float, src: str, sport: int, dst: str, dport: int
+        self, ts: float, src: str, sport: int, dst: str, dport: int, sni: str | None = None
     ) -> list[Observation]:
-        """``ip`` Observations for a connection with no readable name, from earlier answers."""
+        """``ip`` Observations for a connection with no readable name, from earlier answers.
+
+        With ECH the SNI is either the outer public name (real ECH) or the true name (browsers
+        send GREASE ECH in every hello, and the two look alike on the wire). If the SNI is a
+        name this address was resolved for, it is the true destination and nothing is added:
+        otherwise every GREASE hello to a shared CDN address would name all its neighbours.
+        """
         names = self.cache.lookup(dst, ts)
+        if sni is not None and sni in names:
+            return []
         return [Observation(ts, src, sport, dst, dport, "ip", n) for n in names]

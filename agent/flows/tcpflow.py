@@ -96,6 +96,8 @@ class TcpHandler:
                     self._set(key, IGNORE)
             else:
                 self._new_flow(key, ts, seq + 1, DNS if dport in _DNS_PORTS else UNKNOWN)
+                if payload:  # TCP Fast Open: the SYN itself carries the first bytes
+                    return self.on_segment(ts, src, dst, sport, dport, seq + 1, ACK, payload)
             return []
         if not payload:
             return []
@@ -139,7 +141,7 @@ class TcpHandler:
                     out.append(Observation(ts, s, sport, d, dport, "tls", hello.sni))
                 if hello.sni is None or hello.has_ech:
                     # the real destination is hidden; an earlier DNS answer may name it
-                    out += self.dns.ip_observations(ts, s, sport, d, dport)
+                    out += self.dns.ip_observations(ts, s, sport, d, dport, hello.sni)
                 return out
             host = request_host(data)
             self._set(key, DONE)

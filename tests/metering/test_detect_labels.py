@@ -32,7 +32,7 @@ def scan(text: str, content_type: str = "text/plain") -> dict[str, int]:
         ("UK 020 7946 0958, DE 030 12345678, FR 01 23 45 67 89", labels.PHONE, 3),
         ("E.164 +14155552671 and +4930901820", labels.PHONE, 2),
         ("bare 4155552671 and 02079460958 are not phones", labels.PHONE, 0),
-        ("area 015-555-2671 and exchange 415-155-2671 are not NANP", labels.PHONE, 0),
+        ("area 115-555-2671 and exchange 415-155-2671 are not NANP", labels.PHONE, 0),
         ("dates 01.02.2024 1030 and 12/31/2024 are not phones", labels.PHONE, 0),
         ("+999 123 456 789 has no such country code", labels.PHONE, 0),
         ("+1 234 is too short", labels.PHONE, 0),
@@ -42,7 +42,7 @@ def scan(text: str, content_type: str = "text/plain") -> dict[str, int]:
         ("discover 6011111111111117 jcb 3530111333300000 diners 30569309025904", labels.CARD, 3),
         ("bad luhn 4111 1111 1111 1112", labels.CARD, 0),
         ("mixed separators 4111 1111-1111 1111", labels.CARD, 0),
-        ("no issuer 7111111111111110 (Luhn-valid, prefix 7)", labels.CARD, 0),
+        ("no issuer 7111111111111114 (Luhn-valid, prefix 7)", labels.CARD, 0),
         ("visa with 15 digits 411111111111116 (Luhn-valid)", labels.CARD, 0),
         ("inside a uuid 123e4567-e89b-12d3-a456-4111111111111111", labels.CARD, 0),
         ("glued x4111111111111111 and 4111111111111111y", labels.CARD, 0),
@@ -90,8 +90,8 @@ def scan(text: str, content_type: str = "text/plain") -> dict[str, int]:
         ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", labels.AWS_SECRET_KEY, 1),
         ("secret_access_key: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", labels.AWS_SECRET_KEY, 0),
         ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY without a name", labels.AWS_SECRET_KEY, 0),
-        ("key=AIzaSyA-1234567890abcdefghijklmnopqrs", labels.GOOGLE_API_KEY, 1),
-        ("AIzaSyA-1234567890abcdefghijklmnopqr (34)", labels.GOOGLE_API_KEY, 0),
+        ("key=AIzaSyA-1234567890abcdefghijklmnopqrstu", labels.GOOGLE_API_KEY, 1),
+        ("AIzaSyA-1234567890abcdefghijklmnopqrst (34)", labels.GOOGLE_API_KEY, 0),
         ("sk-proj-Ab3dEfGh1jKlMnOpQrStUvWxYz0123456789AbCd", labels.OPENAI_API_KEY, 1),
         ("sk-Ab3dEfGh1jKlMnOpQrStUvWxYz0123456789AbCdEfGh1jKl", labels.OPENAI_API_KEY, 1),
         ("sk-learn-is-a-python-library-for-machine-learning", labels.OPENAI_API_KEY, 0),
@@ -180,15 +180,11 @@ def test_the_docstring_table_is_the_mapping() -> None:
     assert rows == dict(LABEL_CLASS)
 
 
-def test_labels_record_shape() -> None:
-    result = DETECTORS.scan(b"b@x.com a@x.com AKIAIOSFODNN7EXAMPLE", "text/plain")
+def test_labels_record_is_sorted_frozen_and_queryable() -> None:
+    result = DETECTORS.scan(b"b@x.com AKIAIOSFODNN7EXAMPLE a@x.com", "text/plain")
     assert result == Labels(
-        counts=((labels.EMAIL, 2), (labels.AWS_ACCESS_KEY_ID, 1))[::-1][::-1]
-        if False
-        else ((labels.EMAIL, 2), (labels.AWS_ACCESS_KEY_ID, 1)),
-        data_class="restricted",
-    ) or result.counts == tuple(sorted(result.counts))
-    assert result.counts == tuple(sorted(result.counts))
+        counts=((labels.EMAIL, 2), (labels.AWS_ACCESS_KEY_ID, 1)), data_class="restricted"
+    )
     assert result.get(labels.EMAIL) == 2
     assert result.get(labels.CARD) == 0
     with pytest.raises(AttributeError):

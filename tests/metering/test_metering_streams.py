@@ -12,14 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from meterkit import converse_stream_body, event, frame, split
 
+from agent.metering.eventstream import EventStreamDecoder, parse_eventstream_headers
 from agent.metering.exceptions import ChecksumError, MalformedBodyError, TruncatedBodyError
 from agent.metering.jsonscan import OnString, Path
-from agent.metering.streams import (
-    EventStreamDecoder,
-    ResponseBody,
-    SseDecoder,
-    parse_eventstream_headers,
-)
+from agent.metering.sse import SseDecoder
+from agent.metering.streams import ResponseBody
 
 
 class Sink:

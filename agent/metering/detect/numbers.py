@@ -78,15 +78,16 @@ class NumberDetector:
     def scan(self, text: str, pos: int, limit: int, found: Counter[str]) -> int:
         search = _TRIGGER.search
         while (m := search(text, pos)) is not None and (s := m.start()) < limit:
-            label, end = _decide(text, s)
+            # s == pos: the token right after one this scan just accepted (see _segments).
+            label, end = _decide(text, s, follows=s == pos)
             if label is not None:
                 found[label] += 1
             pos = max(end, s + 1)
         return max(pos, limit)
 
 
-def _decide(text: str, s: int) -> tuple[str | None, int]:
-    """The label of the token whose first digit is at ``s`` (if any) and where the token ends."""
+def _decide(text: str, s: int, *, follows: bool) -> tuple[str | None, int]:
+    """The label of the token whose first digit is at ``s`` (if any) and where scanning resumes."""
     # NUL stands for "before the text": it is in none of the sets, and unlike "" it is not a
     # substring of every string.
     c1 = text[s - 1] if s >= 1 else "\0"
@@ -108,7 +109,7 @@ def _decide(text: str, s: int) -> tuple[str | None, int]:
         t0, m = s, _NUM.match(text, s)
         assert m is not None  # _NUM matches any digit
     end = m.end()
-    if not _left_ok(text, t0):
+    if not _left_ok(text, t0, follows=follows and t0 == s):
         return None, end
     after = text[end] if end < len(text) else "\0"
     if t0 == s and (after in _UPPER or after == "-"):
@@ -118,18 +119,55 @@ def _decide(text: str, s: int) -> tuple[str | None, int]:
             return (labels.ES_DNI if ok else None), max(end, dni.end())
     # Fewer than 8 characters cannot hold the 8 digits the shortest number needs: most numbers
     # in text end here, before any string is built.
-    if end - t0 < 8 or end - t0 > _MAX_TOKEN or after in WORD:
+    if end - t0 < 8:
         return None, end
-    return _classify(text[t0:end], text, t0), end
+    if end - t0 <= _MAX_TOKEN and after not in WORD:
+        label = _classify(text[t0:end], text, t0)
+        if label is not None:
+            return label, end
+    return _prefix(text, t0, end)
 
 
-def _left_ok(text: str, t0: int) -> bool:
+def _prefix(text: str, t0: int, end: int) -> tuple[str | None, int]:
+    """The longest leading groups of a token that classify, for numbers written back to back.
+
+    "4111 1111 1111 1111 12/25 123" (card, expiry, CVV) and "219-09-9998 1990" are one token to
+    the grammar. When the whole token is nothing, its leading groups (8 to 19 digits, within the
+    first 64 characters) are tried, longest first. On success scanning resumes right after the
+    separator, where `scan` lets the next token start although a digit and a separator precede it.
+    """
+    stop = min(end, t0 + _MAX_TOKEN)
+    token = text[t0:stop]
+    digits = 0
+    bounds: list[int] = []
+    for g in _GROUPS.finditer(token):
+        digits += g.end() - g.start()
+        b = t0 + g.end()
+        if digits > 19 or b >= end:
+            break
+        if digits >= 8 and text[b] not in _DIGITS:  # a real group end, not the 64-character cut
+            bounds.append(g.end())
+    for b in reversed(bounds):
+        # Not national phones: 9-12 leading digits of any long run would pass for one.
+        label = _classify(token[:b], text, t0, national=False)
+        if label is not None:
+            nxt = t0 + b
+            if text[nxt] in _SEPS and text[nxt + 1] in _DIGITS:
+                nxt += 1
+            return label, nxt
+    return None, end
+
+
+def _left_ok(text: str, t0: int, *, follows: bool) -> bool:
     if t0 == 0:
         return True
     prev = text[t0 - 1]
     if prev in WORD or prev == "+":
         return False
-    # "1-2345..." / "3.1415...": the tail of a longer number, not a token of its own.
+    # "1-2345..." / "3.1415...": the tail of a longer number, not a token of its own, unless it
+    # follows a number just taken from the same run. A "+" starts a token wherever it stands.
+    if follows or text[t0] == "+":
+        return True
     return not (prev in _SEPS and t0 >= 2 and text[t0 - 2] in _DIGITS)
 
 
@@ -160,7 +198,8 @@ def _iban(text: str, start: int) -> tuple[str | None, int] | None:
     if want is None:
         return None
     # The run may go on past the IBAN ("... 0130 00 2 days"): cut at the registered length,
-    # which must fall on a group boundary.
+    # which must fall on a group boundary. An IBAN-shaped run of a known country that fails is
+    # consumed all the same, or its digit groups would be read again as phones or cards.
     taken = 0
     for i, ch in enumerate(cand):
         if ch not in " -":
@@ -170,8 +209,8 @@ def _iban(text: str, start: int) -> tuple[str | None, int] | None:
                 compact = cand[: i + 1].replace(" ", "").replace("-", "")
                 if right_ok(text, end) and iban_ok(compact):
                     return labels.IBAN, end
-                return None
-    return None
+                break
+    return None, m.end()
 
 
 def _nino(text: str, start: int) -> tuple[str | None, int] | None:
@@ -190,12 +229,12 @@ def _nie(text: str, start: int) -> tuple[str | None, int] | None:
     return labels.ES_NIE, m.end()
 
 
-def _classify(token: str, text: str, t0: int) -> str | None:
+def _classify(token: str, text: str, t0: int, *, national: bool = True) -> str | None:
     digits = _NOT_DIGIT.sub("", token)
     n = len(digits)
     if n < 8:
         return None
-    if token[0] == "+" or token.startswith("00"):
+    if token[0] == "+":
         return labels.PHONE if phones.is_international(token, digits) else None
     if "(" not in token and "/" not in token:
         ident = _context_id(digits, text, t0)
@@ -205,7 +244,9 @@ def _classify(token: str, text: str, t0: int) -> str | None:
             return labels.US_SSN if us_ssn_ok(digits) else None
         if 13 <= n <= 19 and _card_shape(token):
             return labels.CARD if card_brand_ok(digits) and luhn_ok(digits) else None
-    return labels.PHONE if phones.is_national(token, n) else None
+    if token.startswith("00"):  # after the SSN: area 001-009 starts with 00 too
+        return labels.PHONE if phones.is_international(token, digits) else None
+    return labels.PHONE if national and phones.is_national(token, n) else None
 
 
 def _context_id(digits: str, text: str, t0: int) -> str | None:

@@ -124,7 +124,7 @@ def secret_detectors() -> list[TokenDetector]:
         ),
         TokenDetector(
             r"-----BEGIN (?:[A-Z0-9]{1,16} ){0,3}PRIVATE KEY(?: BLOCK)?-----",
-            11 + 3 * 17 + 11 + 6 + 5,
+            11 + 3 * 17 + 11 + 6 + 5 + 1,
             always(labels.PRIVATE_KEY),
             before=frozenset(),
         ),
