@@ -93,6 +93,10 @@ def scan(
         sys.exit(2)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
 def _auto_jobs(path: Path) -> int:
     """Parallel only pays past process start-up, and needs a second core."""
     try:
@@ -123,7 +127,7 @@ def _print_summary(scanner: Scanner, kept: list[Sighting], all_names: bool) -> N
     services = len({s.match.service.id for s in kept if s.match})
     malformed = sum(v for k, v in st.counters.items() if "malformed" in k)
     click.echo(
-        f"{st.files} file(s), {st.packets:,} packets in {st.seconds:.2f}s: "
+        f"{st.files} file(s), {st.packets:,} packets in {_duration(st.seconds)}: "
         f"{st.names:,} names, {st.matches:,} AI sightings of {services} service(s); "
         f"{malformed} malformed skipped"
     )

@@ -82,9 +82,7 @@ def sharded_observations(
     procs = []
     for index in range(jobs):
         parent_end, child_end = ctx.Pipe(duplex=False)
-        proc = ctx.Process(
-            target=_worker, args=(path, index, jobs, limits, child_end), daemon=True
-        )
+        proc = ctx.Process(target=_worker, args=(path, index, jobs, limits, child_end), daemon=True)
         proc.start()
         child_end.close()
         conns.append(parent_end)

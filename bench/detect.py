@@ -32,17 +32,19 @@ PRESIDIO_ENTITIES = [
 # presidio's default spaCy max_length; text is analysed in slices below it, at line ends.
 PRESIDIO_SLICE = 100_000
 
-_WORDS = (
-    "the of and to in is that for it as was with be by on not he this are or his from at which "
-    "but have an they you were her she there would their we him been has when who will more no "
-    "if out so said what up its about into than them can only other new some could time these "
-    "two may then do first any my now such like our over man me even most made after also did "
-    "many before must through back years where much your way well down should because each just "
-    "those people how too little state good very make world still own see men work long get here "
-    "between both life being under never day same another know while last might us great old "
-    "year off come since against go came right used take three customer invoice report deploy "
-    "model prompt budget quarterly revenue summary contract meeting schedule"
-).split()
+_WORDS_TEXT = (
+    "the of and to in is that for it as was with be by on not he this are or his from at "
+    "which but have an they you were her she there would their we him been has when who will "
+    "more no if out so said what up its about into than them can only other new some could "
+    "time these two may then do first any my now such like our over man me even most made "
+    "after also did many before must through back years where much your way well down should "
+    "because each just those people how too little state good very make world still own see "
+    "men work long get here between both life being under never day same another know while "
+    "last might us great old year off come since against go came right used take three "
+    "customer invoice report deploy model prompt budget quarterly revenue summary contract "
+    "meeting schedule"
+)
+_WORDS = _WORDS_TEXT.split()
 _SENSITIVE = (
     "alice.smith@example.com",
     "+1 415-555-2671",
@@ -72,16 +74,20 @@ def mixed_text(n_bytes: int, seed: int = 7) -> str:
             line += "."
         elif roll < 0.70:
             name = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 10)))
-            line = f"    {name} = compute({name}_id, limit={rng.randint(1, 5000)})  # step {rng.randint(1, 99)}"
+            limit, step = rng.randint(1, 5000), rng.randint(1, 99)
+            line = f"    {name} = compute({name}_id, limit={limit})  # step {step}"
         elif roll < 0.80:
+            ident, month, day = rng.randint(1, 10**9), rng.randint(1, 9), rng.randint(10, 19)
+            note = f"{rng.choice(_WORDS)} {rng.choice(_WORDS)}"
             line = (
-                f'{{"id": {rng.randint(1, 10**9)}, "ts": "2024-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}", '
-                f'"amount": {rng.random() * 1000:.2f}, "note": "{rng.choice(_WORDS)} {rng.choice(_WORDS)}"}}'
+                f'{{"id": {ident}, "ts": "2024-0{month}-{day}", '
+                f'"amount": {rng.random() * 1000:.2f}, "note": "{note}"}}'
             )
         elif roll < 0.90:
             line = ",".join(str(rng.randint(0, 99999)) for _ in range(rng.randint(4, 10)))
         elif roll < 0.97:
-            line = f"Order {rng.randint(10**5, 10**7)} shipped on 12.0{rng.randint(1, 9)}.2024, {rng.randint(1, 40)} items"
+            order, month, n = rng.randint(10**5, 10**7), rng.randint(1, 9), rng.randint(1, 40)
+            line = f"Order {order} shipped on 12.0{month}.2024, {n} items"
         else:
             line = f"Please use {rng.choice(_SENSITIVE)} for the {rng.choice(_WORDS)} request."
         out.append(line)

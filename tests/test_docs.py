@@ -26,7 +26,7 @@ def commands(group: click.Group, prefix: str = "lantern") -> list[tuple[str, cli
     return out
 
 
-@pytest.mark.parametrize(("path", "cmd"), commands(main), ids=lambda x: str(x))
+@pytest.mark.parametrize(("path", "cmd"), commands(main), ids=str)
 def test_every_command_and_option_is_in_the_readme(path: str, cmd: click.Command) -> None:
     assert f"`{path}`" in README or f"{path} " in README, f"{path} is not documented"
     for param in cmd.params:

@@ -83,7 +83,9 @@ class TcpHandler:
         flow = self.flows.get(key)
         if flow is not None and flow.__class__ is int:
             if flags & SYN and not flags & ACK:  # port reuse: a new connection
-                self._new_flow(key, ts, seq + 1, UNKNOWN)
+                self._new_flow(key, ts, seq + 1, DNS if dport in _DNS_PORTS else UNKNOWN)
+                if payload:  # TCP Fast Open
+                    return self.on_segment(ts, src, dst, sport, dport, seq + 1, ACK, payload)
             return []
         if flags & (SYN | RST):
             if flags & RST:

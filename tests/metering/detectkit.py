@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 from agent.metering.detect import labels
 from agent.metering.detect.checksums import IBAN_LENGTHS
 
-FILLER_WORDS = (
+_FILLER_TEXT = (
     "the report shows quarterly revenue for our team please summarise this draft and check "
-    "tone of the message before we send it to legal review meeting notes follow up action items"
-).split()
+    "tone of the message before we send it to legal review meeting notes follow up action "
+    "items"
+)
+FILLER_WORDS = _FILLER_TEXT.split()
 
 _DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
 
@@ -174,7 +176,11 @@ def make_item(kind: str, rng: random.Random) -> Item:
     if kind in ("card", "card_bad"):
         prefix, length = rng.choice(CARD_BRANDS)
         number = card_number(rng, prefix, length, valid=kind == "card")
-        text = group4(number, rng.choice([" ", "-"])) if length == 16 and rng.random() < 0.5 else number
+        text = (
+            group4(number, rng.choice([" ", "-"]))
+            if length == 16 and rng.random() < 0.5
+            else number
+        )
         return Item(kind, text, {labels.CARD: 1} if kind == "card" else {})
     if kind in ("iban", "iban_bad"):
         country = rng.choice(["DE", "GB", "FR", "NL", "ES", "IT", "BE", "CH", "PL", "NO"])
@@ -189,29 +195,52 @@ def make_item(kind: str, rng: random.Random) -> Item:
     if kind == "nino":
         return Item(kind, nino(rng), {labels.UK_NINO: 1})
     if kind in ("dni", "dni_bad"):
-        return Item(kind, dni(rng, valid=kind == "dni"), {labels.ES_DNI: 1} if kind == "dni" else {})
+        return Item(
+            kind, dni(rng, valid=kind == "dni"), {labels.ES_DNI: 1} if kind == "dni" else {}
+        )
     if kind in ("nie", "nie_bad"):
-        return Item(kind, nie(rng, valid=kind == "nie"), {labels.ES_NIE: 1} if kind == "nie" else {})
+        return Item(
+            kind, nie(rng, valid=kind == "nie"), {labels.ES_NIE: 1} if kind == "nie" else {}
+        )
     if kind == "bsn":
         return Item(kind, "BSN: " + bsn(rng), {labels.NL_BSN: 1})
     if kind == "de_tax_id":
         return Item(kind, "Steuer-ID " + de_tax_id(rng), {labels.DE_TAX_ID: 1})
     if kind == "aadhaar":
         number = aadhaar(rng)
-        return Item(kind, "Aadhaar " + " ".join(number[i : i + 4] for i in (0, 4, 8)), {labels.IN_AADHAAR: 1})
+        return Item(
+            kind,
+            "Aadhaar " + " ".join(number[i : i + 4] for i in (0, 4, 8)),
+            {labels.IN_AADHAAR: 1},
+        )
     if kind == "phone":
         number = rng.choice(
-            ["+1 415-555-2671", "+44 20 7946 0958", "+49 30 901820", "(415) 555-2671", "020 7946 0958", "+33 1 23 45 67 89"]
+            [
+                "+1 415-555-2671",
+                "+44 20 7946 0958",
+                "+49 30 901820",
+                "(415) 555-2671",
+                "020 7946 0958",
+                "+33 1 23 45 67 89",
+            ]
         )
         return Item(kind, number, {labels.PHONE: 1})
     if kind == "aws":
         key = "AKIA" + "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
         return Item(kind, key, {labels.AWS_ACCESS_KEY_ID: 1})
     if kind == "github":
-        token = "ghp_" + "".join(rng.choice("abcdefghijkmnopqrstuvwxyzABCDEFGH0123456789") for _ in range(36))
+        token = "ghp_" + "".join(
+            rng.choice("abcdefghijkmnopqrstuvwxyzABCDEFGH0123456789") for _ in range(36)
+        )
         return Item(kind, token, {labels.GITHUB_TOKEN: 1})
     if kind == "marking":
-        text, label = rng.choice([("CONFIDENTIAL", labels.MARK_CONFIDENTIAL), ("INTERNAL ONLY", labels.MARK_INTERNAL), ("TOP SECRET", labels.MARK_TOP_SECRET)])
+        text, label = rng.choice(
+            [
+                ("CONFIDENTIAL", labels.MARK_CONFIDENTIAL),
+                ("INTERNAL ONLY", labels.MARK_INTERNAL),
+                ("TOP SECRET", labels.MARK_TOP_SECRET),
+            ]
+        )
         return Item(kind, text, {label: 1})
     raise ValueError(kind)
 
@@ -223,7 +252,9 @@ STREAM_KINDS = (
 
 
 @st.composite
-def documents(draw: st.DrawFn, kinds: tuple[str, ...] = STREAM_KINDS, max_items: int = 12) -> tuple[str, list[Item]]:
+def documents(
+    draw: st.DrawFn, kinds: tuple[str, ...] = STREAM_KINDS, max_items: int = 12
+) -> tuple[str, list[Item]]:
     """A document: filler words with items embedded, and the items."""
     rng = random.Random(draw(st.integers(0, 2**32 - 1)))
     chosen = draw(st.lists(st.sampled_from(kinds), max_size=max_items))
@@ -251,6 +282,11 @@ def expected(items: list[Item]) -> dict[str, int]:
         for label, n in item.expect.items():
             out[label] = out.get(label, 0) + n
     return out
+
+
+def split_frac(data: bytes, fractions: list[float]) -> list[bytes]:
+    """``data`` cut at the given fractions of its length."""
+    return split_at(data, [int(f * len(data)) for f in fractions])
 
 
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:

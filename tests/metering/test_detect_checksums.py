@@ -119,4 +119,4 @@ def test_ssn_rules(digits: str, ok: bool) -> None:
 
 
 def test_country_calling_codes_are_phonenumbers_codes() -> None:
-    assert phones.COUNTRY_CODES == {str(cc) for cc in _COUNTRY_CODE_TO_REGION_CODE}
+    assert {str(cc) for cc in _COUNTRY_CODE_TO_REGION_CODE} == phones.COUNTRY_CODES

@@ -84,10 +84,26 @@ def scan(text: str, content_type: str = "text/plain") -> dict[str, int]:
         ("Aadhaar 2341 2341 2347", labels.IN_AADHAAR, 0),
         # secrets
         ("AKIAIOSFODNN7EXAMPLE ASIAIOSFODNN7EXAMPL2", labels.AWS_ACCESS_KEY_ID, 2),
-        ("xAKIAIOSFODNN7EXAMPLE AKIAIOSFODNN7EXAMPLEX AKIAIOSFODNN7EXAMPL", labels.AWS_ACCESS_KEY_ID, 0),
-        ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", labels.AWS_SECRET_KEY, 1),
-        ('{"SecretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}', labels.AWS_SECRET_KEY, 1),
-        ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", labels.AWS_SECRET_KEY, 1),
+        (
+            "xAKIAIOSFODNN7EXAMPLE AKIAIOSFODNN7EXAMPLEX AKIAIOSFODNN7EXAMPL",
+            labels.AWS_ACCESS_KEY_ID,
+            0,
+        ),
+        (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            labels.AWS_SECRET_KEY,
+            1,
+        ),
+        (
+            '{"SecretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}',
+            labels.AWS_SECRET_KEY,
+            1,
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            labels.AWS_SECRET_KEY,
+            1,
+        ),
         ("secret_access_key: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", labels.AWS_SECRET_KEY, 0),
         ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY without a name", labels.AWS_SECRET_KEY, 0),
         ("key=AIzaSyA-1234567890abcdefghijklmnopqrstu", labels.GOOGLE_API_KEY, 1),
@@ -96,17 +112,33 @@ def scan(text: str, content_type: str = "text/plain") -> dict[str, int]:
         ("sk-Ab3dEfGh1jKlMnOpQrStUvWxYz0123456789AbCdEfGh1jKl", labels.OPENAI_API_KEY, 1),
         ("sk-learn-is-a-python-library-for-machine-learning", labels.OPENAI_API_KEY, 0),
         ("task-Ab3dEfGh1jKlMnOpQrStUvWxYz0123456789AbCd", labels.OPENAI_API_KEY, 0),
-        ("sk-ant-api03-Ab3dEfGh1jKlMnOpQrStUvWxYz0123456789-AbCdEf_AA", labels.ANTHROPIC_API_KEY, 1),
+        (
+            "sk-ant-api03-Ab3dEfGh1jKlMnOpQrStUvWxYz0123456789-AbCdEf_AA",
+            labels.ANTHROPIC_API_KEY,
+            1,
+        ),
         ("sk-ant-short", labels.ANTHROPIC_API_KEY, 0),
-        ("ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 gho_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", labels.GITHUB_TOKEN, 2),
-        ("github_pat_11ABCDEFG0123456789abc_defghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVW", labels.GITHUB_TOKEN, 1),
+        (
+            "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 gho_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+            labels.GITHUB_TOKEN,
+            2,
+        ),
+        (
+            "github_pat_11ABCDEFG0123456789abc_defghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVW",
+            labels.GITHUB_TOKEN,
+            1,
+        ),
         ("ghp_tooShort123", labels.GITHUB_TOKEN, 0),
         ("xoxb-1234567890-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", labels.SLACK_TOKEN, 1),
         ("xoxb-not-a-real-token-here", labels.SLACK_TOKEN, 0),
         ("sk_live_4eC39HqLyjWDarjtT1zdp7dc rk_live_4eC39HqLyjWDarjtT1zdp7dc", labels.STRIPE_KEY, 2),
         ("sk_test_4eC39HqLyjWDarjtT1zdp7dc", labels.STRIPE_KEY, 0),
         ("-----BEGIN PRIVATE KEY-----\nMIIE", labels.PRIVATE_KEY, 1),
-        ("-----BEGIN RSA PRIVATE KEY----- -----BEGIN OPENSSH PRIVATE KEY-----", labels.PRIVATE_KEY, 2),
+        (
+            "-----BEGIN RSA PRIVATE KEY----- -----BEGIN OPENSSH PRIVATE KEY-----",
+            labels.PRIVATE_KEY,
+            2,
+        ),
         ("-----BEGIN PGP PRIVATE KEY BLOCK-----", labels.PRIVATE_KEY, 1),
         ("-----BEGIN PUBLIC KEY----- -----BEGIN CERTIFICATE-----", labels.PRIVATE_KEY, 0),
         (
@@ -115,19 +147,31 @@ def scan(text: str, content_type: str = "text/plain") -> dict[str, int]:
             labels.JWT,
             1,
         ),
-        ("eyJub3RhbGciOjF9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9P", labels.JWT, 0),
+        (
+            "eyJub3RhbGciOjF9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9P",
+            labels.JWT,
+            0,
+        ),
         ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0", labels.JWT, 0),
         # markings
         ("CONFIDENTIAL - draft", labels.MARK_CONFIDENTIAL, 1),
         ("Confidential draft; keep this confidential", labels.MARK_CONFIDENTIAL, 0),
-        ("STRICTLY CONFIDENTIAL and Strictly Confidential and Highly confidential", labels.MARK_STRICTLY_CONFIDENTIAL, 3),
+        (
+            "STRICTLY CONFIDENTIAL and Strictly Confidential and Highly confidential",
+            labels.MARK_STRICTLY_CONFIDENTIAL,
+            3,
+        ),
         ("TOP SECRET//NOFORN and Top Secret", labels.MARK_TOP_SECRET, 2),
         ("TOP SECRET", labels.MARK_SECRET, 0),
         ("SECRET and SECRET_KEY and API_SECRET and SECRETARY", labels.MARK_SECRET, 1),
         ("INTERNAL ONLY, Internal use only, FOR INTERNAL USE ONLY", labels.MARK_INTERNAL, 3),
         ("internal only in lower case", labels.MARK_INTERNAL, 0),
         ("NOT FOR DISTRIBUTION / Do not distribute", labels.MARK_NOT_FOR_DISTRIBUTION, 2),
-        ("ATTORNEY-CLIENT PRIVILEGED, Attorney Client Privilege, PRIVILEGED & CONFIDENTIAL", labels.MARK_PRIVILEGED, 3),
+        (
+            "ATTORNEY-CLIENT PRIVILEGED, Attorney Client Privilege, PRIVILEGED & CONFIDENTIAL",
+            labels.MARK_PRIVILEGED,
+            3,
+        ),
         ("PRIVILEGED AND CONFIDENTIAL", labels.MARK_CONFIDENTIAL, 0),
         ("RESTRICTED and restricted and UNRESTRICTED", labels.MARK_RESTRICTED, 1),
     ],
@@ -176,7 +220,9 @@ def test_data_class_is_the_highest_implied(text: str, data_class: str) -> None:
 
 def test_the_docstring_table_is_the_mapping() -> None:
     doc = labels_module.__doc__ or ""
-    rows = dict(re.findall(r"^([a-z_]+\.[a-z_]+)\s+(public|internal|confidential|restricted)\b", doc, re.M))
+    rows = dict(
+        re.findall(r"^([a-z_]+\.[a-z_]+)\s+(public|internal|confidential|restricted)\b", doc, re.M)
+    )
     assert rows == dict(LABEL_CLASS)
 
 
@@ -198,7 +244,8 @@ SECRETS_TEXT = {
     "iban": "GB82WEST12345698765432",
     "ssn": "219-09-9998",
     "aws": "AKIAIOSFODNN7EXAMPLE",
-    "jwt": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "jwt": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0"
+    ".dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
     "keyword": "Project Bluebird",
 }
 

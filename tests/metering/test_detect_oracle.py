@@ -153,11 +153,17 @@ def make_probe(kind: str, rng: random.Random) -> Probe:
         prefix, length = rng.choice(CARD_BRANDS)
         valid = kind == "card"
         number = card_number(rng, prefix, length, valid=valid)
-        text = group4(number, rng.choice([" ", "-"])) if length == 16 and rng.random() < 0.5 else number
+        text = (
+            group4(number, rng.choice([" ", "-"]))
+            if length == 16 and rng.random() < 0.5
+            else number
+        )
         theirs = int(valid and prefix[0] != "2")  # difference 7
         return Probe("CREDIT_CARD", text, int(valid), theirs)
     if kind in ("iban", "iban_bad"):
-        country = rng.choice(["DE", "GB", "FR", "NL", "ES", "IT", "BE", "CH", "PL", "NO", "AT", "IE"])
+        country = rng.choice(
+            ["DE", "GB", "FR", "NL", "ES", "IT", "BE", "CH", "PL", "NO", "AT", "IE"]
+        )
         valid = kind == "iban"
         value = iban(rng, country, valid=valid)
         text = group4(value) if rng.random() < 0.5 else value
@@ -200,7 +206,9 @@ def overlaps(span: tuple[int, int], start: int, end: int) -> bool:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), kinds=st.lists(st.sampled_from(KINDS), min_size=1, max_size=10))
+@given(
+    seed=st.integers(0, 2**32 - 1), kinds=st.lists(st.sampled_from(KINDS), min_size=1, max_size=10)
+)
 def test_counts_agree_with_presidio_item_by_item(seed: int, kinds: list[str]) -> None:
     rng = random.Random(seed)
     probes = [make_probe(kind, rng) for kind in kinds]

@@ -8,7 +8,7 @@ import tracemalloc
 from urllib.parse import urlencode
 
 import pytest
-from detectkit import documents, expected, split_at
+from detectkit import documents, expected, split_at, split_frac
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,9 +23,8 @@ from agent.metering.detect.secrets import secret_detectors
 # A tiny batch makes every feed a scan, so windows end at every possible place.
 TINY = Detectors(window_chars=1)
 WHOLE = Detectors()
-SLOW = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FRACTIONS = st.lists(st.floats(0, 1), max_size=16)
+SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def feed_all(scanner: Scanner, pieces: list[bytes]) -> Labels:
@@ -35,48 +34,82 @@ def feed_all(scanner: Scanner, pieces: list[bytes]) -> Labels:
 
 
 @SLOW
-@given(doc=documents(), cuts=st.lists(st.integers(0, 20_000), max_size=12))
-def test_any_split_gives_the_counts_of_one_pass(doc: tuple[str, list], cuts: list[int]) -> None:
+@given(doc=documents(), cuts=FRACTIONS)
+def test_any_split_gives_the_counts_of_one_pass(doc: tuple[str, list], cuts: list[float]) -> None:
     text, items = doc
     body = text.encode()
     whole = WHOLE.scan(body, "text/plain")
     assert whole.as_dict() == expected(items)
-    assert feed_all(TINY.scanner("text/plain"), split_at(body, cuts)) == whole
+    assert feed_all(TINY.scanner("text/plain"), split_frac(body, cuts)) == whole
 
 
 @SLOW
-@given(doc=documents(), cuts=st.lists(st.integers(0, 30_000), max_size=12))
+@given(doc=documents(), cuts=FRACTIONS)
 def test_json_escapes_are_undone_wherever_the_body_is_split(
-    doc: tuple[str, list], cuts: list[int]
+    doc: tuple[str, list], cuts: list[float]
 ) -> None:
     text, items = doc
     # ensure_ascii turns every non-ASCII character into \\uXXXX; escaping "@" and "-" too
     # hides e-mail addresses, IBAN groups and keys from a scanner that does not decode.
     encoded = json.dumps({"messages": [{"role": "user", "content": text}]})
     encoded = encoded.replace("@", "\\u0040").replace("-", "\\u002d")
-    got = feed_all(TINY.scanner("application/json"), split_at(encoded.encode(), cuts))
+    got = feed_all(TINY.scanner("application/json"), split_frac(encoded.encode(), cuts))
     assert got.as_dict() == expected(items)
 
 
 @SLOW
-@given(doc=documents(), cuts=st.lists(st.integers(0, 30_000), max_size=12))
-def test_json_inside_a_json_string_is_undone_too(doc: tuple[str, list], cuts: list[int]) -> None:
+@given(doc=documents(), cuts=FRACTIONS)
+def test_json_inside_a_json_string_is_undone_too(doc: tuple[str, list], cuts: list[float]) -> None:
     text, items = doc
     inner = json.dumps({"arguments": text})  # a tool call's arguments: JSON in a string
     outer = json.dumps({"tool_calls": [{"function": {"arguments": inner}}]})
-    got = feed_all(TINY.scanner("application/json; charset=utf-8"), split_at(outer.encode(), cuts))
+    got = feed_all(
+        TINY.scanner("application/json; charset=utf-8"), split_frac(outer.encode(), cuts)
+    )
     assert got.as_dict() == expected(items)
 
 
 @SLOW
-@given(doc=documents(), cuts=st.lists(st.integers(0, 30_000), max_size=12))
+@given(doc=documents(), cuts=FRACTIONS)
 def test_form_encoding_is_undone_wherever_the_body_is_split(
-    doc: tuple[str, list], cuts: list[int]
+    doc: tuple[str, list], cuts: list[float]
 ) -> None:
     text, items = doc
     body = urlencode({"prompt": text, "model": "x"}).encode()
-    got = feed_all(TINY.scanner("application/x-www-form-urlencoded"), split_at(body, cuts))
+    got = feed_all(TINY.scanner("application/x-www-form-urlencoded"), split_frac(body, cuts))
     assert got.as_dict() == expected(items)
+
+
+# Pieces that meet at awkward places: digits, separators, letters, escapes, partial items.
+ATOMS = st.one_of(
+    st.sampled_from(
+        [
+            "4111 1111 1111 1111", "4111111111111111", "12/25", "+44 20 7946 0958", "(415) 555-267",
+            "DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432", "219-09-9998", "AB 12 34 56 C",
+            "12345678Z", "X1234567L", "BSN ", "Aadhaar ", "2341 2341 2346", "a.b@example.com", "@",
+            "AKIAIOSFODNN7EXAMPLE", "sk-", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlMTIz",
+            "CONFIDENTIAL", "TOP ", "SECRET", " ", "  ", "-", ".", "/", "+", "(", ")", "\n", "\\",
+            "\\u0040", "\\u00", "%40", "%", "é", "आधार", "word " * 40,
+        ]
+    ),
+    st.text(alphabet="0123456789 -+()./@ABCDEXYZabcxyz_\\", max_size=24),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    atoms=st.lists(ATOMS, min_size=5, max_size=120),
+    cuts=FRACTIONS,
+    content_type=st.sampled_from(
+        ["text/plain", "application/json", "application/x-www-form-urlencoded"]
+    ),
+)
+def test_any_split_of_adversarial_text_gives_the_counts_of_one_pass(
+    atoms: list[str], cuts: list[float], content_type: str
+) -> None:
+    body = "".join(atoms).encode()
+    whole = WHOLE.scan(body, content_type)
+    assert feed_all(TINY.scanner(content_type), split_frac(body, cuts)) == whole
 
 
 BOUNDARY = "----lanternBoundary7MA4YWxkTrZu0gW"
@@ -101,10 +134,10 @@ def multipart(fields: list[tuple[str, str | None, str | None, bytes]]) -> bytes:
 @given(
     first=documents(max_items=6),
     second=documents(max_items=6),
-    cuts=st.lists(st.integers(0, 40_000), max_size=16),
+    cuts=FRACTIONS,
 )
 def test_multipart_fields_and_files_wherever_the_body_is_split(
-    first: tuple[str, list], second: tuple[str, list], cuts: list[int]
+    first: tuple[str, list], second: tuple[str, list], cuts: list[float]
 ) -> None:
     (text1, items1), (text2, items2) = first, second
     body = multipart(
@@ -116,7 +149,7 @@ def test_multipart_fields_and_files_wherever_the_body_is_split(
         ]
     )
     got = feed_all(
-        TINY.scanner(f'multipart/form-data; boundary="{BOUNDARY}"'), split_at(body, cuts)
+        TINY.scanner(f'multipart/form-data; boundary="{BOUNDARY}"'), split_frac(body, cuts)
     )
     assert got.as_dict() == expected(items1 + items2)
     uploads = {u.ext_class: u for u in got.uploads}
@@ -225,7 +258,7 @@ def test_marking_and_number_overlaps_cover_their_longest_reads() -> None:
     number = NumberDetector()
     for rx in (numbers._IBAN, numbers._NINO, numbers._NIE, numbers._DNI):
         assert _max_width(rx) + 1 <= number.right
-    assert numbers._MAX_TOKEN + 2 < number.right  # a token may start 2 characters before its key
+    assert number.right > numbers._MAX_TOKEN + 2  # a token may start 2 characters before its key
 
 
 def test_window_counts_equal_a_single_pass_for_tiny_batches() -> None:
@@ -235,3 +268,33 @@ def test_window_counts_equal_a_single_pass_for_tiny_batches() -> None:
         for i in range(0, len(text), 5):
             window.feed(text[i : i + 5])
         assert window.finish() == {labels.CARD: 30, labels.EMAIL: 30}, batch
+
+
+# -- the decoders, split at every position ------------------------------------------------------
+
+RAW = 'mail a@b.co\n\t"quoted" back\\slash ünï \\u0040 is literal, \\n too, end\\'
+# The body of a JSON string literal, every non-ASCII character and the "@" as \uXXXX.
+ESCAPED = json.dumps(RAW, ensure_ascii=True)[1:-1].replace("@", "\\u0040")
+
+
+@pytest.mark.parametrize("cut", range(len(ESCAPED) + 1))
+def test_json_unescaper_split_anywhere_gives_the_string(cut: int) -> None:
+    from agent.metering.detect.text import JsonUnescaper
+
+    unescaper = JsonUnescaper()
+    got = unescaper.feed(ESCAPED[:cut]) + unescaper.feed(ESCAPED[cut:]) + unescaper.flush()
+    assert got == RAW
+
+
+FORM = urlencode({"q": "a@b.co + 100% ünï", "x": "1&2=3"}).encode()
+
+
+@pytest.mark.parametrize("cut", range(len(FORM) + 1))
+def test_form_decoder_split_anywhere_equals_unquote_plus(cut: int) -> None:
+    from urllib.parse import unquote_plus
+
+    from agent.metering.detect.text import TextDecoder
+
+    decoder = TextDecoder("form")
+    got = decoder.feed(FORM[:cut]) + decoder.feed(FORM[cut:]) + decoder.flush()
+    assert got == unquote_plus(FORM.decode())

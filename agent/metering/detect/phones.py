@@ -41,7 +41,7 @@ _NANP = re.compile(
 # The trunk-0 national shape: a 0-led first group (optionally in parentheses), then groups of
 # 2-8 digits joined by one separator each.
 _TRUNK = re.compile(
-    r"(?:\(0[1-9][0-9]{0,3}\)[ -]?|0[1-9][0-9]{0,3}[ .-])[0-9]{2,8}(?:[ .-][0-9]{2,8}){0,4}",
+    r"(?:\(0[1-9][0-9]{0,4}\)[ -]?|0[1-9][0-9]{0,4}[ .-])[0-9]{2,8}(?:[ .-][0-9]{2,8}){0,4}",
     re.ASCII,
 )
 # Day, month and a four-digit year first: a timestamp, not a number to call.
