@@ -44,3 +44,18 @@ def test_every_scan_json_field_is_in_the_readme() -> None:
 @pytest.mark.parametrize("proto", ["dns", "tls", "quic", "gquic", "http", "ip"])
 def test_every_proto_value_is_in_the_readme(proto: str) -> None:
     assert f"| `{proto}` |" in README
+
+
+def test_readme_shows_what_the_run_command_prints() -> None:
+    import re
+
+    from click.testing import CliRunner
+
+    sample = Path(__file__).resolve().parent.parent / "lantern" / "samples" / "ai-sample.pcapng"
+    result = CliRunner().invoke(main, ["scan", str(sample)])
+    assert result.exit_code == 0
+
+    def norm(text: str) -> str:
+        return re.sub(r"in \d+ ms", "in N ms", text).strip()
+
+    assert norm(result.stdout) in norm(README)
