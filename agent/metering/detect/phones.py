@@ -2,7 +2,8 @@
 
 Accepted, with separators (space, hyphen, dot, parentheses) as people write them:
 
-- international: ``+`` or ``00``, an assigned ITU country calling code, 8-15 digits in all
+- international: ``+`` (or ``00`` with separators), an assigned ITU country calling code, 8-15
+  digits in all
   (a ``(0)`` trunk digit after the country code is allowed and not counted);
 - North American (NANP): ``(415) 555-2671``, ``415-555-2671``, ``415.555.2671``,
   ``1-415-555-2671``; area code and exchange start with 2-9; separators required;

@@ -29,12 +29,13 @@ class TokenDetector:
         *,
         before: frozenset[str] = WORD,
         flags: int = 0,
+        left: int = 1,
     ) -> None:
         self.pattern = re.compile(pattern, flags)
         self._search = self.pattern.search
         self._decide = decide
         self._before = before
-        self.left = 1
+        self.left = left  # 1 for ``before``; more for a pattern that looks further back
         self.right = right
 
     def scan(self, text: str, pos: int, limit: int, found: Counter[str]) -> int:
