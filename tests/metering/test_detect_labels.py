@@ -36,6 +36,7 @@ def scan(text: str, content_type: str = "text/plain") -> dict[str, int]:
         ("dates 01.02.2024 1030 and 12/31/2024 are not phones", labels.PHONE, 0),
         ("+999 123 456 789 has no such country code", labels.PHONE, 0),
         ("+1 234 is too short", labels.PHONE, 0),
+        ("+12345678 is the shortest counted", labels.PHONE, 1),
         # payment cards
         ("visa 4111 1111 1111 1111 and 4111-1111-1111-1111 and 4111111111111111", labels.CARD, 3),
         ("mc 5500 0000 0000 0004, amex 3782 822463 10005, amex 378282246310005", labels.CARD, 3),
@@ -47,6 +48,13 @@ def scan(text: str, content_type: str = "text/plain") -> dict[str, int]:
         ("inside a uuid 123e4567-e89b-12d3-a456-4111111111111111", labels.CARD, 0),
         ("glued x4111111111111111 and 4111111111111111y", labels.CARD, 0),
         ("in a longer number 14111111111111111", labels.CARD, 0),
+        # numbers written back to back are one run; cards and SSNs are found inside it
+        ("4111 1111 1111 1111 12/25 123 (expiry, CVV)", labels.CARD, 1),
+        ("4111 1111 1111 1111 4111-1111-1111-1111 5500 0000 0000 0004", labels.CARD, 3),
+        ("2024-01-15 4111 1111 1111 1111 charged", labels.CARD, 1),
+        ("qty 2 4111111111111111", labels.CARD, 1),
+        ("219-09-9998 1990-02-03", labels.US_SSN, 1),
+        ("+44 20 7946 0958 12", labels.PHONE, 1),
         # IBAN
         ("DE89 3704 0044 0532 0130 00 and GB82WEST12345698765432", labels.IBAN, 2),
         ("paid to DE89370400440532013000 2 days ago", labels.IBAN, 1),
@@ -195,6 +203,21 @@ def test_one_text_with_everything_counts_each_label_exactly() -> None:
         labels.AWS_ACCESS_KEY_ID: 1,
         labels.MARK_STRICTLY_CONFIDENTIAL: 1,
     }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0 1 0 1 1 0 1 0 1 0 0 1 1 1 0 1 0 1 1 0 1 1 1 0",
+        "1.5 2.25 3.125 1024 2048 4096 8192 16384 32768 65536",
+        "2024-01-15 31.12.2024 12/31/2024 2024/01/15 10:30:00",
+        "order 1234567, invoice 12345678, amount 1234.56, id 1234567890",
+        "192.168.100.200 10.0.0.1 v1.2.3.4 3.14159265358979",
+        "123e4567-e89b-12d3-a456-426614174000 sha 9f86d081884c7d659a2feaa0c55ad015",
+    ],
+)
+def test_ordinary_numbers_are_nothing(text: str) -> None:
+    assert scan(text) == {}
 
 
 def test_one_token_gets_at_most_one_label() -> None:

@@ -109,3 +109,12 @@ def test_a_label_with_two_classes_or_a_keyword_with_two_labels_is_an_error() -> 
 def test_a_builtin_label_cannot_be_reused() -> None:
     with pytest.raises(ConfigError, match=r"pii\.email"):
         Detectors([OrgPattern(labels.EMAIL, "public", "x")])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"max_scan_bytes": -1}, "max_scan_bytes"), ({"window_chars": 0}, "window_chars")],
+)
+def test_bad_options_raise_config_errors(options: dict[str, int], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Detectors(**options)  # type: ignore[arg-type]

@@ -1,21 +1,25 @@
 """Digit-led identifiers in one pass: cards, IBANs, phones and national identifiers.
 
-Every one of them contains a digit, so a single fast search for digits drives the pass; the first
-digit of a token is its key position. From there the token is read in one of two shapes:
+Every one of them contains a digit, so a single search for the first digit of a digit group
+drives the pass (`_TRIGGER`, in C); that digit is the token's key position. From there the token
+is read in one of two shapes:
 
 - letter-led: IBAN (``DE89 3704 ...``), UK NINO (``AB 12 34 56 C``), Spanish NIE
   (``X1234567L``), tried when upper-case letters stand right before the digits;
 - a number: digit groups joined by single separators (space ``.`` ``-`` ``/``), optionally led
-  by ``+``, ``00`` or a parenthesised group, and the Spanish DNI (digits + control letter).
+  by ``+`` or a parenthesised group; and the Spanish DNI (digits + control letter).
 
-A number is classified once, in this order, so one token yields at most one label: international
-phone; context-bound identifiers (Dutch BSN, German Steuer-IdNr, Aadhaar: 9, 11 and 12 bare
-digits pass their checksums by chance too often, so they count only with a context word such as
-``BSN`` in the 48 characters before); US SSN (``AAA-GG-SSSS``, consistent separator, never bare
-nine digits); payment card (13-19 digits, contiguous or grouped 4-4-4-4(-x) / 4-6-5 / 4-6-4 with
-one separator kind, IIN range with its lengths, Luhn); national phone. Tokens glued to letters,
-digits or a digit-and-separator on either side are parts of something longer (hashes, UUIDs,
-decimals) and never count. IBAN, NINO, DNI and NIE are matched in upper case only.
+A number is classified once, in this order, so one token yields at most one label: ``+``
+international phone; context-bound identifiers (Dutch BSN, German Steuer-IdNr, Aadhaar: 9, 11
+and 12 bare digits pass their checksums by chance too often, so they count only with a context
+word such as ``BSN`` in the 48 characters before); US SSN (``AAA-GG-SSSS``, one separator kind,
+never bare nine digits); payment card (13-19 digits, contiguous or grouped 4-4-4-4(-x) / 4-6-5 /
+4-6-4 with one separator kind, IIN range with its lengths, Luhn); ``00`` international phone;
+national phone (see `phones`). A run that is none of these as a whole may hold numbers written
+back to back (card, expiry and CVV): card, SSN and international-phone shapes are looked for
+inside it (`_split`). Tokens glued to letters or digits, or to a digit-and-separator on their
+left, are parts of something longer (hashes, UUIDs, decimals) and never count. IBAN, NINO, DNI
+and NIE are matched in upper case only.
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ from agent.metering.detect.engine import WORD, right_ok
 
 # Where a token may start, found in C so that Python sees few digits: the first digit of a
 # group, with at least five more digits or capitals after it (each after at most two separators,
-# as in "+44 (0)20"), and not a lone run of up to 8 or exactly 10 digits without a "+" (years,
-# amounts, order numbers: none of ours) nor a date on its own (2024-01-15, 31.12.2024). The shortest tokens
-# that must pass: "AB123456C", "1234567Z".
+# as in "+44 (0)20"); not a lone run of up to 8 or exactly 10 digits without a "+" (years,
+# amounts, order numbers: none of ours); not a date on its own (2024-01-15, 31.12.2024). The
+# shortest tokens that must pass: "AB123456C", "1234567Z".
 _TRIGGER = re.compile(
     r"[0-9](?<![0-9][0-9])"
     r"(?=(?:[ ()./-]{0,2}[0-9A-Z]){5})"
@@ -87,7 +91,7 @@ class NumberDetector:
     def scan(self, text: str, pos: int, limit: int, found: Counter[str]) -> int:
         search = _TRIGGER.search
         while (m := search(text, pos)) is not None and (s := m.start()) < limit:
-            # s == pos: the token right after one this scan just accepted (see _segments).
+            # s == pos: the token right after one this scan just took from a run (see _split).
             label, end = _decide(text, s, follows=s == pos)
             if label is not None:
                 found[label] += 1
@@ -145,37 +149,56 @@ def _decide(text: str, s: int, *, follows: bool) -> tuple[str | None, int]:
         label = _classify(token, digits, text, t0)
         if label is not None or len(digits) == 8:  # a shorter prefix would have < 8 digits
             return label, end
-    return _prefix(text, t0, end)
+    return _split(text, t0, end)
 
 
-def _prefix(text: str, t0: int, end: int) -> tuple[str | None, int]:
-    """The longest leading groups of a token that classify, for numbers written back to back.
+# Group sizes a card or an SSN is written in, looked for inside a longer run of numbers.
+_SHAPES = ((4, 4, 4, 4, 3), (4, 4, 4, 4, 2), (4, 4, 4, 4, 1), (4, 4, 4, 4), (4, 6, 5), (4, 6, 4))
+_SSN_SHAPE = (3, 2, 4)
+_MAX_SKIP = 3  # leading groups that may stand before a card or an SSN in one run
 
-    "4111 1111 1111 1111 12/25 123" (card, expiry, CVV) and "219-09-9998 1990" are one token to
-    the grammar. When the whole token is nothing, its leading groups (8 to 19 digits, within the
-    first 64 characters) are tried, longest first. On success scanning resumes right after the
-    separator, where `scan` lets the next token start although a digit and a separator precede it.
+
+def _split(text: str, t0: int, end: int) -> tuple[str | None, int]:
+    """A card, SSN or international phone inside a run of numbers written back to back.
+
+    "4111 1111 1111 1111 12/25 123" (card, expiry, CVV), "2024-01-15 219-09-9998" and
+    "+1 415 555 2671 2" are one token to the grammar. When the whole token is nothing, groups in
+    its first 64 characters are tried: card and SSN shapes starting at any of the first four
+    groups, and for a "+" token its leading groups (8 to 15 digits, longest first). Only shapes
+    are tried, never every sub-run, so a matrix of small numbers costs nothing. On success the
+    scan resumes right after the separator, where `scan` lets the next token start although a
+    digit and a separator stand before it.
     """
     stop = min(end, t0 + _MAX_TOKEN)
-    token = text[t0:stop]
-    digits = 0
-    bounds: list[int] = []
-    for g in _GROUPS.finditer(token):
-        digits += g.end() - g.start()
-        b = t0 + g.end()
-        if digits > 19 or b >= end:
-            break
-        if digits >= 8 and text[b] not in _DIGITS:  # a real group end, not the 64-character cut
-            bounds.append(g.end())
-    for b in reversed(bounds):
-        # Not national phones: 9-12 leading digits of any long run would pass for one.
-        head = token[:b]
-        label = _classify(head, _NOT_DIGIT.sub("", head), text, t0, national=False)
+    groups = [(g.start(), g.end()) for g in _GROUPS.finditer(text, t0, stop)]
+    if groups and groups[-1][1] == stop and stop < end and text[stop] in _DIGITS:
+        groups.pop()  # cut by the 64-character stop: not a group end
+    sizes = tuple(e - b for b, e in groups)
+    candidates: list[tuple[int, int]] = []
+    if text[t0] == "+":
+        digits = 0
+        for b, e in groups:
+            digits += e - b
+            if digits > 15:
+                break
+            if digits >= 8 and e < end:
+                candidates.insert(0, (t0, e))
+    for i in range(min(len(groups), _MAX_SKIP + 1)):
+        for shape in (*_SHAPES, _SSN_SHAPE):
+            if sizes[i : i + len(shape)] == shape:
+                candidates.append((groups[i][0], groups[i + len(shape) - 1][1]))
+        if 13 <= sizes[i] <= 19:
+            candidates.append(groups[i])
+    for a, b in candidates:
+        if a == t0 and b == end:
+            continue  # the whole token, already classified
+        head = text[a:b]
+        # Not national phones: 9-12 digits of any long run would pass for one.
+        label = _classify(head, _NOT_DIGIT.sub("", head), text, a, national=False)
         if label is not None:
-            nxt = t0 + b
-            if text[nxt] in _SEPS and text[nxt + 1] in _DIGITS:
-                nxt += 1
-            return label, nxt
+            if b < end and text[b] in _SEPS and text[b + 1] in _DIGITS:
+                b += 1
+            return label, b
     return None, end
 
 
@@ -219,8 +242,8 @@ def _iban(text: str, start: int) -> tuple[str | None, int] | None:
     if want is None:
         return None
     # The run may go on past the IBAN ("... 0130 00 2 days"): cut at the registered length,
-    # which must fall on a group boundary. An IBAN-shaped run of a known country that fails is
-    # consumed all the same, or its digit groups would be read again as phones or cards.
+    # which must fall on a group boundary. A run as long as a known country's IBAN that fails
+    # is consumed all the same, or its digit groups would be read again as phones or cards.
     taken = 0
     for i, ch in enumerate(cand):
         if ch not in " -":
@@ -230,8 +253,8 @@ def _iban(text: str, start: int) -> tuple[str | None, int] | None:
                 compact = cand[: i + 1].replace(" ", "").replace("-", "")
                 if right_ok(text, end) and iban_ok(compact):
                     return labels.IBAN, end
-                break
-    return None, m.end()
+                return None, m.end()
+    return None
 
 
 def _nino(text: str, start: int) -> tuple[str | None, int] | None:

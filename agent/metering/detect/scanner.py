@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from agent.counters import Counters
+from agent.exceptions import ConfigError
 from agent.metering.detect.emails import EmailDetector
 from agent.metering.detect.engine import Detector, TextWindow
 from agent.metering.detect.files import HEAD_BYTES, FileTyper, is_textual
@@ -53,7 +54,8 @@ DEFAULT_MAX_SCAN_BYTES = 4 * 1024 * 1024
 class Detectors:
     """The compiled detector set of one policy; makes a `Scanner` per body.
 
-    Raises `agent.exceptions.ConfigError` when an organisation rule is bad (see `org`).
+    Raises `agent.exceptions.ConfigError` when an organisation rule (see `org`) or an option is
+    bad. ``max_scan_bytes`` 0 reads no text at all (uploads are still sized and sniffed).
     ``window_chars`` is how much text is batched between scans (memory against per-batch
     overhead); tests lower it to force many chunk boundaries.
     """
@@ -66,6 +68,10 @@ class Detectors:
         counters: Counters | None = None,
         window_chars: int = 64 * 1024,
     ) -> None:
+        if max_scan_bytes < 0:
+            raise ConfigError(f"max_scan_bytes: {max_scan_bytes} is negative")
+        if window_chars < 1:
+            raise ConfigError(f"window_chars: {window_chars} is not a positive number")
         org, org_classes = org_detectors(org_rules)
         self.detectors: tuple[Detector, ...] = (
             NumberDetector(),
