@@ -18,6 +18,32 @@ from signatures.matcher import Matcher
 AUTO_JOBS_BYTES = 16 << 20
 
 
+class JsonLines:
+    """Writes Sightings as JSON lines, equal to ``json.dumps(sighting_json(s))`` but built from
+    cached pieces: the catalog part of a line repeats for every sighting of a service, and
+    encoding it anew each time cost more than finding the name in the packet.
+    """
+
+    def __init__(self) -> None:
+        self._tails: dict[tuple[str | None, str | None, str], str] = {}
+
+    def line(self, s: Sighting) -> str:
+        o, m = s.observation, s.match
+        key = (m.service.id if m else None, m.tier if m else None, s.file)
+        tail = self._tails.get(key)
+        if tail is None:
+            full = sighting_json(s)
+            tail = self._tails[key] = json.dumps(
+                {k: full[k] for k in ("service", "tool", "vendor", "category", "tier", "file")}
+            )[1:]
+        # src/dst are address texts and proto a fixed word: nothing in them needs escaping
+        return (
+            f'{{"ts": {round(o.ts, 6)!r}, "src": "{o.src}", "sport": {o.sport}, '
+            f'"dst": "{o.dst}", "dport": {o.dport}, "proto": "{o.proto}", '
+            f'"name": {json.dumps(o.name)}, {tail}'
+        )
+
+
 def sighting_json(s: Sighting) -> dict[str, object]:
     o, m = s.observation, s.match
     svc = m.service if m else None
@@ -71,6 +97,7 @@ def scan(
     bar = Progress(progress)
     # click.echo per line costs more than the scan of a packet; write to the stream directly
     out = sys.stdout
+    lines = JsonLines()
     kept: list[Sighting] = []
     failed = False
     for path in files:
@@ -79,7 +106,7 @@ def scan(
                 if s.match is None and not all_names:
                     continue
                 if as_json:
-                    out.write(json.dumps(sighting_json(s)) + "\n")
+                    out.write(lines.line(s) + "\n")
                 else:
                     kept.append(s)
         except AgentError as exc:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lantern.cli import main
 from lantern.output import Progress
@@ -53,3 +55,24 @@ def test_missing_file_among_good_ones_reports_both(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.strip() == f"lantern: {tmp_path / 'nope.pcap'}: no such file"
     assert len(result.stdout.splitlines()) > 10  # the good file was still scanned
+
+
+@given(
+    name=st.text(min_size=1, max_size=40),
+    ts=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    port=st.integers(0, 65535),
+    matched=st.booleans(),
+)
+def test_json_lines_equal_json_dumps(name: str, ts: float, port: int, matched: bool) -> None:
+    """The fast line builder writes exactly what json.dumps of the documented dict writes."""
+    from agent.cli import JsonLines, sighting_json
+    from agent.records import Observation
+    from agent.scan import Sighting
+    from signatures.matcher import Matcher
+
+    m = Matcher.from_catalog().match_name("api.openai.com") if matched else None
+    obs = Observation(ts, "192.0.2.1", port, "2001:db8::1", 443, "tls", name)
+    s = Sighting('dir/"odd" file.pcap', obs, m)
+    line = JsonLines().line(s)
+    assert line == json.dumps(sighting_json(s))
+    assert json.loads(line)["name"] == name
