@@ -97,7 +97,8 @@ class NameExtractor:
     ) -> None:
         """DNS of another shard: feed the cache, report nothing (that shard reports it)."""
         if proto == UDP:
-            self.dns.on_udp(ts, src, dst, sport, dport, payload)
+            if len(payload) > 2 and payload[2] & 0x80:  # only responses carry addresses
+                self.dns.learn(ts, payload)
         elif proto == TCP:
             self.tcp.on_segment(ts, src, dst, sport, dport, seq, flags, payload)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from agent.counters import Counters
 from agent.decode.packet import addr_text
 from agent.exceptions import DecodeError
@@ -46,6 +48,11 @@ class DnsHandler:
         for msg in messages:
             out += self.on_message(ts, src, dst, sport, dport, msg)
         return out, consumed
+
+    def learn(self, ts: float, payload: bytes) -> None:
+        """Feed a response to the cache only: another shard reports its names."""
+        with contextlib.suppress(DecodeError):  # the shard that owns the packet counts it
+            self.cache.on_response(ts, parse_dns(payload))
 
     def on_message(
         self, ts: float, src: bytes, dst: bytes, sport: int, dport: int, payload: bytes
