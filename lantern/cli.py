@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from agent.cli import scan
+from agent.cli_agent import agent, me
 from agent.metering.cli import meter
 from lantern import __version__
 from signatures.cli import catalog
@@ -20,3 +21,5 @@ def main() -> None:
 main.add_command(catalog)
 main.add_command(scan)
 main.add_command(meter)
+main.add_command(agent)
+main.add_command(me)

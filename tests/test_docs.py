@@ -59,3 +59,10 @@ def test_readme_shows_what_the_run_command_prints() -> None:
         return re.sub(r"in \d+ ms", "in N ms", text).strip()
 
     assert norm(result.stdout) in norm(README)
+
+
+def test_every_config_key_is_in_the_readme() -> None:
+    from agent.cli_agent import all_options
+
+    for opt in all_options().declared():
+        assert f"| `{opt.key}` |" in README, f"config key {opt.key} is not documented"

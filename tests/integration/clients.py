@@ -4,11 +4,15 @@
     python clients.py quic NAME IP           one QUIC Initial (aioquic) to IP:443
     python clients.py ech RESOLVE_NAME       resolve, then a hello with SNI cloudflare-ech.com + ECH
 
+With ``--as USER`` first, the client drops from root to USER after importing what it needs
+(the interpreter may live where other users cannot read), before it opens any socket: the
+kernel then records USER as every socket's owner, which is what the agent must find.
 Prints one line per connection made.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import sys
@@ -26,7 +30,8 @@ def tls(cafile: str, names: list[str]) -> None:
         ):
             conn.sendall(b"hello")
             print(f"tls {name} {ip} {conn.version()}", flush=True)
-            time.sleep(0.3)  # stay open while the agent looks the socket up
+            # stay open past a housekeeping tick, which reads the byte counters
+            time.sleep(2.5)
 
 
 def quic(name: str, ip: str) -> None:
@@ -57,8 +62,26 @@ def ech(name: str) -> None:
         time.sleep(0.3)
 
 
+def drop_to(user: str) -> None:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
 if __name__ == "__main__":
-    kind, rest = sys.argv[1], sys.argv[2:]
+    args = sys.argv[1:]
+    if args[0] == "--as":
+        import aioquic.quic.connection  # noqa: F401 - import before dropping privileges
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        import tests.factories  # noqa: F401
+
+        drop_to(args[1])
+        args = args[2:]
+    kind, rest = args[0], args[1:]
     if kind == "tls":
         tls(rest[0], rest[1:])
     elif kind == "quic":

@@ -66,7 +66,7 @@ def main() -> None:
     udp.bind((args.bind, 53))
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind((args.bind, 443))
+    tcp.bind(("0.0.0.0", 443))  # every address the names resolve to
     tcp.listen(64)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
