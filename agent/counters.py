@@ -24,7 +24,9 @@ class Counters:
         return self._c.get(name, 0)
 
     def snapshot(self) -> dict[str, int]:
-        return dict(sorted(self._c.items()))
+        # dict() copies in one C call, under the GIL: safe while the capture thread adds keys
+        # (iterating the live Counter from another thread could fail mid-way).
+        return dict(sorted(dict(self._c).items()))
 
     def __repr__(self) -> str:
         return f"Counters({self.snapshot()!r})"

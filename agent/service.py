@@ -73,6 +73,7 @@ class Agent:
         watchdog: Watchdog | None = None,
         state: StateDir | None = None,
         bytes_source: Any = None,
+        live: bool = False,
     ) -> None:
         self.options = options
         self.source = source
@@ -87,6 +88,9 @@ class Agent:
         self.sessionizer = Sessionizer.from_options(
             options, self._on_session, bytes_source=bytes_source, counters=counters
         )
+        self.live = live
+        # the capture thread adds sightings while housekeeping closes sessions
+        self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._next_housekeeping = 0.0
         self._next_status = 0.0
@@ -107,7 +111,9 @@ class Agent:
                 self.counters.inc("names.unmatched")
                 continue
             self.counters.inc("names.ai")
-            self.sessionizer.on_attributed(self._attribute(obs, match))
+            attributed = self._attribute(obs, match)
+            with self._lock:
+                self.sessionizer.on_attributed(attributed)
 
     def _attribute(self, obs: Observation, match: Match) -> Attributed:
         first, *rest = _TRANSPORTS[obs.proto]
@@ -121,8 +127,14 @@ class Agent:
         return attributed
 
     def housekeeping(self, now: float) -> None:
-        """Once a second: close idle sessions, check the budget, publish the status."""
-        self.sessionizer.tick(self._last_ts)
+        """Once a second: close idle sessions, check the budget, publish the status.
+
+        Live, this runs on its own thread on the wall clock, so sessions close and byte
+        counters are read on a quiet host too; replaying a capture, it runs between frames on
+        the capture's clock.
+        """
+        with self._lock:
+            self.sessionizer.tick(time.time() if self.live else self._last_ts)
         if self.watchdog is not None:
             self.watchdog.maybe_sample()
         if now >= self._next_status:
@@ -158,19 +170,32 @@ class Agent:
 
     def run(self) -> int:
         """Capture until the source ends (a pcap) or ``stop`` (a signal)."""
+        keeper = None
+        if self.live:
+            keeper = threading.Thread(target=self._keep_house, name="housekeeping", daemon=True)
+            keeper.start()
         try:
             for ts, linktype, frame in self.source.frames():
                 self.on_frame(ts, linktype, frame)
-                now = time.monotonic()
-                if now >= self._next_housekeeping:
-                    self._next_housekeeping = now + HOUSEKEEPING_SECONDS
-                    self.housekeeping(now)
+                if not self.live:
+                    now = time.monotonic()
+                    if now >= self._next_housekeeping:
+                        self._next_housekeeping = now + HOUSEKEEPING_SECONDS
+                        self.housekeeping(now)
                 if self._stopping.is_set():
                     break
         finally:
-            self.sessionizer.close_all(self._last_ts)
+            self._stopping.set()
+            if keeper is not None:
+                keeper.join()
+            with self._lock:
+                self.sessionizer.close_all(time.time() if self.live else self._last_ts)
             self.write_status("stopping")
         return 0
+
+    def _keep_house(self) -> None:
+        while not self._stopping.wait(HOUSEKEEPING_SECONDS):
+            self.housekeeping(time.monotonic())
 
     def stop(self) -> None:
         self._stopping.set()
@@ -236,6 +261,7 @@ def build_agent(
         watchdog=watchdog,
         state=state,
         bytes_source=bytes_source,
+        live=pcap is None,
     )
     api = None
     if pcap is None:
