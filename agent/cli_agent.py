@@ -35,6 +35,10 @@ DECLARING_MODULES: tuple[str, ...] = (
     "agent.attribution",
     "agent.sessions",
     "agent.state",
+    "agent.enroll",
+    "agent.uploader",
+    "agent.bundles",
+    "agent.metering.supervisor",
 )
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -10,6 +10,9 @@ Hierarchy::
     ├── LocalApiError        a bad request to, or answer from, the agent's local socket
     │   └── AgentUnavailableError  no agent answers on the socket
     ├── StatusError          the agent's status file is missing or unreadable
+    ├── CollectorError       a call to the collector failed (gRPC status by name, its message)
+    ├── EnrollmentError      enrolment or renewal cannot succeed without an operator
+    ├── BundleError          a signed bundle was refused
     └── DecodeError          malformed packet or message bytes; counted and skipped by callers
         └── TruncatedError   the bytes end before the structure does (may complete later)
 """
@@ -55,3 +58,34 @@ class UnknownBatchError(SpoolError):
 
 class StatusError(AgentError):
     """The status file is missing, unreadable or not a status file."""
+
+
+# gRPC statuses by name: retried with backoff, or meaning this agent is refused
+TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"})
+REFUSED = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+
+
+class CollectorError(AgentError):
+    """A call to the collector failed with a gRPC status (by name) and the server's message."""
+
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after  # seconds, from retry-after-ms
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT
+
+    @property
+    def revoked(self) -> bool:
+        return self.code in REFUSED
+
+
+class EnrollmentError(AgentError):
+    """Enrolment or renewal cannot succeed without an operator (bad token, CA mismatch, ...)."""
+
+
+class BundleError(AgentError):
+    """A bundle was refused (bad signature, wrong hash, unsafe archive, invalid content)."""

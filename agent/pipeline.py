@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from agent.capture.source import PacketSource
 from agent.counters import Counters
-from agent.decode.packet import TCP, UDP, PacketDecoder, addr_text
+from agent.decode.packet import TCP, UDP, PacketDecoder, addr_text, shard_of
 from agent.extract.dnscache import IpNameCache
 from agent.extract.quic import QuicTracker
 from agent.flows.dnsflow import DnsHandler
@@ -47,7 +47,7 @@ class NameExtractor:
         self.counters = counters or Counters()
         self.shard = shard
         limits = limits or PipelineLimits()
-        self.decoder = PacketDecoder(self.counters)
+        self.decoder = PacketDecoder(self.counters, shard=shard, shared_ports=_DNS_PORTS)
         self.dns_cache = IpNameCache(max_entries=limits.dns_cache_entries, counters=self.counters)
         self.dns = DnsHandler(self.counters, self.dns_cache)
         self.tcp = TcpHandler(self.counters, self.dns, limits)
@@ -67,7 +67,7 @@ class NameExtractor:
         proto, src, dst, sport, dport, seq, flags, payload = seg
         if self.shard is not None:
             index, count = self.shard
-            if (int.from_bytes(src) ^ int.from_bytes(dst)) % count != index:
+            if shard_of(src, dst, count) != index:
                 if sport in _DNS_PORTS or dport in _DNS_PORTS:
                     self._learn_dns(ts, proto, src, dst, sport, dport, seq, flags, payload)
                 return []

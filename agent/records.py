@@ -79,3 +79,47 @@ class Session:
     bytes_up: int | None  # None where the platform cannot tell
     bytes_down: int | None
     closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One metered AI call as the agent spools it: who, which model, how many tokens, what cost,
+    and which kinds of sensitive data the request carried (label names and counts, never text).
+
+    Made on the agent side from what the metering process reports (`agent.metering.usage`); the
+    process and user come from the proxied connection's local socket, the cost from genai-prices.
+    """
+
+    id: str  # random, per call; the collector dedups on it
+    user: str
+    device: str
+    process_name: str | None
+    process_exe: str | None
+    service_id: str | None  # catalog service of the host
+    host: str
+    started: float
+    ended: float
+    provider: str
+    model: str | None
+    operation: str
+    endpoint: str
+    streaming: bool
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_read_tokens: int | None
+    cache_write_tokens: int | None
+    reasoning_tokens: int | None
+    estimated: bool
+    cost_usd: float | None
+    status_code: int | None
+    deployment: str | None
+    tags: tuple[tuple[str, str], ...]
+    key_fingerprint: str | None
+    key_hint: str | None
+    data_class: str  # public, internal, confidential, restricted
+    labels: tuple[tuple[str, int], ...]  # (label, count), sorted
+    labels_truncated: bool
+    uploads: tuple[tuple[str, str, int, int], ...]  # (file kind, extension class, count, bytes)
+    bytes_up: int  # request body size
+    bytes_down: int  # response body size
+    error: str | None  # why usage could not be read ("MalformedBodyError"), never content

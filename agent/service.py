@@ -13,10 +13,12 @@ from typing import Any
 
 from agent.attribution import Attributor, build_attributor
 from agent.attribution.sockets import Transport
+from agent.bundles import BundleClient, catalog_applier
 from agent.capture.pcapfile import PcapFileSource
 from agent.capture.source import PacketSource
 from agent.config import load_config
 from agent.counters import Counters
+from agent.enroll import agent_info, build_link
 from agent.localapi import LocalApiServer, SpoolApiHandler
 from agent.options import Option, Options
 from agent.pipeline import NameExtractor
@@ -24,6 +26,7 @@ from agent.records import Attributed, Observation, Session
 from agent.sessions import Sessionizer
 from agent.spool import Spool
 from agent.state import AgentStatus, StateDir, write_status
+from agent.uploader import Uploader, spool_heartbeat
 from agent.watchdog import Watchdog, budget_from
 from signatures.exceptions import SignatureError
 from signatures.loader import load_catalog
@@ -95,6 +98,7 @@ class Agent:
         self._next_housekeeping = 0.0
         self._next_status = 0.0
         self._last_ts = self.started
+        self.uploader: Uploader | None = None  # set by build_agent when a collector is configured
 
     def _on_session(self, session: Session) -> None:
         # Evidence fails loud: if the spool cannot store, SpoolError stops the agent visibly.
@@ -152,8 +156,10 @@ class Agent:
                 problems.append(f"over memory budget: {h.rss_over_start_mb:.0f} MB above start")
             if h.shedding:
                 problems.append("shedding load: some traffic is not inspected (counted)")
-            if problems:
-                state = "degraded"
+        if self.uploader is not None:
+            problems.extend(self.uploader.problems())
+        if problems:
+            state = "degraded"
         return AgentStatus(
             pid=os.getpid(),
             started=self.started,
@@ -263,11 +269,32 @@ def build_agent(
         bytes_source=bytes_source,
         live=pcap is None,
     )
+    if options["collector.address"]:
+        agent.uploader = build_uploader(options, state, spool, counters, agent)
     api = None
     if pcap is None:
         handler = SpoolApiHandler(spool, lambda: agent.status().to_json())
         api = LocalApiServer(state.socket, handler, counters=counters)
     return agent, api
+
+
+def build_uploader(
+    options: Options, state: StateDir, spool: Spool, counters: Counters, agent: Agent
+) -> Uploader:
+    """The uploader thread's parts: identity and link, signed bundles, heartbeat."""
+
+    def set_matcher(matcher: Matcher) -> None:
+        agent.matcher = matcher  # one attribute store: the capture thread sees old or new
+
+    extra = [Path(d) for d in options["catalog.extra_dirs"]]
+    bundles = BundleClient.from_options(
+        options, state.state, counters, catalog_applier(set_matcher, extra)
+    )
+    if bundles is not None:
+        bundles.reapply()
+    beat = spool_heartbeat(agent_info(options), spool, counters, lambda: agent.status().health)
+    link = build_link(options, state.state)
+    return Uploader.from_options(options, spool, link, beat, counters, bundles)
 
 
 def run_agent(config_path: Path | None, pcap: Path | None = None) -> int:
@@ -279,11 +306,23 @@ def run_agent(config_path: Path | None, pcap: Path | None = None) -> int:
         agent.stop()
 
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    metering = None
     try:
         if api is not None:
             api.start()
+        if pcap is None and agent.options["metering.enabled"]:
+            metering = start_metering(agent)
+        if agent.uploader is not None:
+            agent.uploader.start()
         return agent.run()
     finally:
+        if metering is not None:
+            supervisor, receiver = metering
+            supervisor.stop()
+            receiver.stop()
+        if agent.uploader is not None:
+            agent.uploader.stop(agent.options["collector.drain_seconds"])
+            agent.write_status("stopping")  # with what the drain sent
         if api is not None:
             api.stop()
         close = getattr(agent.attributor, "close", None)
@@ -292,3 +331,25 @@ def run_agent(config_path: Path | None, pcap: Path | None = None) -> int:
         agent.spool.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def start_metering(agent: Agent) -> tuple[Any, Any]:
+    """Usage metering: the mitmproxy process (its own venv, an unprivileged user) and the
+    socket its addon reports on. Records are priced here, then spooled beside sessions."""
+    from agent.metering.supervisor import MeteringSupervisor  # noqa: PLC0415 - optional
+    from agent.metering.usage import UsageReceiver  # noqa: PLC0415
+
+    supervisor = MeteringSupervisor(agent.options, agent.counters)
+    supervisor.prepare()
+    receiver = UsageReceiver(
+        supervisor.paths.socket,
+        supervisor.uid,
+        agent.spool.put_usage,
+        device=agent.options["device.name"],
+        matcher=agent.matcher,
+        counters=agent.counters,
+        socket_owner=supervisor.owner,
+    )
+    receiver.start()
+    supervisor.start()
+    return supervisor, receiver

@@ -1,9 +1,12 @@
-"""The agent's durable spool: session versions kept in SQLite until the collector acknowledges them.
+"""The agent's durable spool: sessions and usage records kept in SQLite until the collector acks.
 
 One row per session id holds its newest version and the highest version the collector has
 acknowledged (``sent_version``). A row is unsent while ``sent_version < version``. Batches lease
 exact ``(id, version)`` pairs in memory only, so a restart forgets every lease and everything
 unacknowledged is sent again (at-least-once; the collector dedups on ``event_id``).
+
+Usage records (metering) live in their own table: each is written once, never updated, and is
+deleted when acknowledged. Batches carry both kinds, oldest first within each kind.
 
 Durability: WAL with ``synchronous=NORMAL``. Every commit is in the WAL before ``put_session``
 returns, so a killed agent loses nothing it committed and the file is never corrupt; only a power
@@ -28,7 +31,7 @@ from typing import Any, Literal
 
 from agent.counters import Counters
 from agent.exceptions import SpoolError, UnknownBatchError
-from agent.records import Session
+from agent.records import Session, UsageRecord
 
 # Each entry moves the schema one version on; ``PRAGMA user_version`` counts those applied.
 MIGRATIONS: tuple[str, ...] = (
@@ -47,10 +50,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX sessions_user ON sessions(user, last_seen);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """,
+    """
+    CREATE TABLE usage (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        ended REAL NOT NULL,
+        seq INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX usage_seq ON usage(seq);
+    CREATE INDEX usage_user ON usage(user, ended);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 DROPPED = "spool.dropped"  # rows removed by the size bound
 DROPPED_UNSENT = "spool.dropped_unsent"  # of those, rows whose newest version was never acked
+USAGE_DROPPED = "spool.usage_dropped"  # usage records removed by the size bound (never sent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +73,9 @@ class SpoolEvent:
     """One version of one record to upload; ``event_id`` is what the collector dedups on."""
 
     event_id: str
-    kind: Literal["session"]
-    session: Session
+    kind: Literal["session", "usage"]
+    session: Session | None  # set for kind "session"
+    usage: UsageRecord | None = None  # set for kind "usage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +102,8 @@ class SpoolStats:
     dropped: int
     dropped_unsent: int
     file_bytes: int  # database plus its WAL
+    usage_rows: int = 0  # usage records awaiting acknowledgement
+    usage_dropped: int = 0
 
 
 def event_id(s: Session) -> str:
@@ -97,6 +115,23 @@ def session_to_json(s: Session) -> str:
 
 
 _SESSION_FIELDS = frozenset(f.name for f in fields(Session))
+
+
+def usage_to_json(u: UsageRecord) -> str:
+    return json.dumps(asdict(u), separators=(",", ":"), sort_keys=True)
+
+
+_USAGE_FIELDS = frozenset(f.name for f in fields(UsageRecord))
+_NESTED = ("tags", "labels", "uploads")
+
+
+def usage_from_json(text: str) -> UsageRecord:
+    data = json.loads(text)
+    if not isinstance(data, dict) or set(data) != _USAGE_FIELDS:
+        raise SpoolError("spooled usage does not match this version's UsageRecord")
+    for key in _NESTED:
+        data[key] = tuple(tuple(item) for item in data[key])
+    return UsageRecord(**data)
 
 
 def session_from_json(text: str) -> Session:
@@ -127,9 +162,12 @@ class Spool:
         self._lock = threading.Lock()
         self._leases: dict[str, tuple[tuple[str, int], ...]] = {}
         self._leased_ids: set[str] = set()
+        self._usage_leases: dict[str, tuple[str, ...]] = {}
+        self._leased_usage: set[str] = set()
         with _translate(f"cannot open spool {path}"):
             self._db = self._open()
             self._rows: int = self._db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+            self._usage_rows: int = self._db.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
 
     # ------------------------------------------------------------------ open and migrate
 
@@ -234,6 +272,29 @@ class Spool:
             if self._rows > self.max_rows:
                 self._drop(self._rows - self.max_rows)
 
+    def put_usage(self, u: UsageRecord) -> None:
+        """Store one usage record (a repeated id is ignored); apply the bound."""
+        self._writable()
+        with self._lock, _translate("cannot write to spool"), self._transaction():
+            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM usage").fetchone()[0]
+            added = self._db.execute(
+                "INSERT OR IGNORE INTO usage (id, user, ended, seq, body) VALUES (?, ?, ?, ?, ?)",
+                (u.id, u.user, u.ended, seq, usage_to_json(u)),
+            ).rowcount
+            if not added:
+                self.counters.inc("spool.usage_duplicate")
+                return
+            self._usage_rows += 1
+            if self._usage_rows > self.max_rows:
+                n = self._usage_rows - self.max_rows
+                gone = self._db.execute(
+                    "DELETE FROM usage WHERE id IN (SELECT id FROM usage ORDER BY seq LIMIT ?)",
+                    (n,),
+                ).rowcount
+                self._usage_rows -= gone
+                self._bump(USAGE_DROPPED, gone)
+                self.counters.inc(USAGE_DROPPED, gone)
+
     def _drop(self, n: int) -> None:
         # Sent rows first (only the local view loses them), oldest first; then the oldest unsent.
         victims = self._db.execute(
@@ -276,19 +337,37 @@ class Spool:
                 if len(picked) >= max_events:
                     break
             cursor.close()
+            sessions = [e.session for e in picked if e.session is not None]
+            if len(picked) < max_events:
+                cursor = self._db.execute("SELECT id, body FROM usage ORDER BY seq")
+                for uid, body in cursor:
+                    if uid in self._leased_usage:
+                        continue
+                    u = usage_from_json(body)
+                    picked.append(SpoolEvent(u.id, "usage", None, u))
+                    if len(picked) >= max_events:
+                        break
+                cursor.close()
             if not picked:
                 return None
             batch = Batch(uuid.uuid4().hex, tuple(picked))
-            self._leases[batch.id] = tuple((e.session.id, e.session.version) for e in picked)
-            self._leased_ids.update(e.session.id for e in picked)
+            self._leases[batch.id] = tuple((s.id, s.version) for s in sessions)
+            usage_ids = tuple(e.usage.id for e in picked if e.usage is not None)
+            self._usage_leases[batch.id] = usage_ids
+            self._leased_ids.update(s.id for s in sessions)
+            self._leased_usage.update(usage_ids)
             return batch
 
     def ack(self, batch_id: str) -> None:
         """The collector stored the batch: mark exactly its versions sent, delete finished rows."""
         self._writable()
         with self._lock, _translate("cannot write to spool"):
-            lease = self._settle(batch_id)
+            lease, usage_ids = self._settle(batch_id)
             with self._transaction():
+                for uid in usage_ids:
+                    self._usage_rows -= self._db.execute(
+                        "DELETE FROM usage WHERE id = ?", (uid,)
+                    ).rowcount
                 for sid, version in lease:
                     self._db.execute(
                         "UPDATE sessions SET sent_version = MAX(sent_version, ?) WHERE id = ?",
@@ -306,12 +385,14 @@ class Spool:
         with self._lock:
             self._settle(batch_id)
 
-    def _settle(self, batch_id: str) -> tuple[tuple[str, int], ...]:
+    def _settle(self, batch_id: str) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
         lease = self._leases.pop(batch_id, None)
         if lease is None:
             raise UnknownBatchError(f"no batch {batch_id} in flight")
+        usage_ids = self._usage_leases.pop(batch_id, ())
         self._leased_ids.difference_update(sid for sid, _ in lease)
-        return lease
+        self._leased_usage.difference_update(usage_ids)
+        return lease, usage_ids
 
     # ------------------------------------------------------------------ reading
 
@@ -340,12 +421,22 @@ class Spool:
     def sessions(self, user: str | None = None, since: float | None = None) -> list[Session]:
         return [e.session for e in self.entries(user, since)]
 
+    def usage_records(self, user: str | None = None) -> list[UsageRecord]:
+        """Spooled (not yet acknowledged) usage records, oldest first."""
+        sql, args = "SELECT body FROM usage", []
+        if user is not None:
+            sql, args = sql + " WHERE user = ?", [user]
+        with self._lock, _translate("cannot read spool"):
+            rows = self._db.execute(sql + " ORDER BY seq", args).fetchall()
+        return [usage_from_json(body) for (body,) in rows]
+
     def stats(self) -> SpoolStats:
         with self._lock, _translate("cannot read spool"):
             rows, unsent = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(sent_version < version), 0) FROM sessions"
             ).fetchone()
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            usage_rows = self._db.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
         size = 0
         for suffix in ("", "-wal"):
             with suppress(FileNotFoundError):
@@ -356,11 +447,15 @@ class Spool:
             dropped=meta.get(DROPPED, 0),
             dropped_unsent=meta.get(DROPPED_UNSENT, 0),
             file_bytes=size,
+            usage_rows=usage_rows,
+            usage_dropped=meta.get(USAGE_DROPPED, 0),
         )
 
     def in_flight(self) -> int:
         with self._lock:
-            return sum(len(lease) for lease in self._leases.values())
+            return sum(len(lease) for lease in self._leases.values()) + sum(
+                len(ids) for ids in self._usage_leases.values()
+            )
 
     # ------------------------------------------------------------------ helpers
 

@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from agent.cli import scan
-from agent.cli_agent import agent, me
-from agent.metering.cli import meter
 from lantern import __version__
-from signatures.cli import catalog
+
+# name -> "module:attribute". Each command's module is imported only when that command runs
+# (or help lists it): `lantern scan` then starts without the agent service and metering code.
+_COMMANDS = {
+    "catalog": "signatures.cli:catalog",
+    "scan": "agent.cli:scan",
+    "meter": "agent.metering.cli:meter",
+    "agent": "agent.cli_agent:agent",
+    "me": "agent.cli_agent:me",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None or cmd_name in self.commands:
+            return super().get_command(ctx, cmd_name)
+        module, _, attr = target.partition(":")
+        cmd = getattr(importlib.import_module(module), attr)
+        if not isinstance(cmd, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        self.add_command(cmd, cmd_name)
+        return cmd
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lantern")
 def main() -> None:
     """Lantern shows which AI tools are used, what they cost, and where data goes,
     without keeping anyone's prompts."""
-
-
-main.add_command(catalog)
-main.add_command(scan)
-main.add_command(meter)
-main.add_command(agent)
-main.add_command(me)

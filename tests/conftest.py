@@ -6,8 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from signatures.matcher import Matcher
+
+# Property tests check what comes out, not how fast: a per-example deadline only makes them
+# flaky on a busy 2-core machine.
+settings.register_profile("lantern", deadline=None, print_blob=True)
+settings.load_profile("lantern")
 
 ROOT = Path(__file__).resolve().parent.parent
 # shared/ sits beside the checkout (CI clones next to it); LANTERN_TESTDATA overrides.

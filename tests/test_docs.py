@@ -17,7 +17,11 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 def commands(group: click.Group, prefix: str = "lantern") -> list[tuple[str, click.Command]]:
     out: list[tuple[str, click.Command]] = []
-    for name, cmd in group.commands.items():
+    ctx = click.Context(group)
+    # through the group's API, not ``group.commands``: ``lantern`` imports its commands lazily
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, name
         path = f"{prefix} {name}"
         if isinstance(cmd, click.Group):
             out += commands(cmd, path)

@@ -125,18 +125,21 @@ class PcapFileSource:
         pos = 0
         endian = "<"
         # One struct per section byte order; the enhanced packet block header (type, length,
-        # interface, ts high, ts low, caplen) is read with a single unpack: it is the hot path.
+        # interface, ts high, ts low, caplen) is read with a single unpack, before the block
+        # type is even known: it is the hot path, and every block is at least that long.
         head = struct.Struct("<II")
-        epb = struct.Struct("<IIIIII")
+        unpack_epb = struct.Struct("<IIIIII").unpack_from
         # per section: interface id -> (linktype, seconds per timestamp unit)
         ifaces: list[tuple[int, float]] = []
         while pos + 12 <= size:
-            btype, blen = head.unpack_from(mm, pos)
+            if pos + 28 <= size:
+                btype, blen, iface, ts_hi, ts_lo, caplen = unpack_epb(mm, pos)
+            else:
+                btype, blen = head.unpack_from(mm, pos)
             if btype == 6 and blen >= 32 and not blen & 3:
                 end = pos + blen
                 if end > size:
                     break
-                _, _, iface, ts_hi, ts_lo, caplen = epb.unpack_from(mm, pos)
                 data_start = pos + 28
                 if iface >= len(ifaces) or data_start + caplen > end:
                     self.counters.inc("pcap.bad_block")
@@ -162,7 +165,7 @@ class PcapFileSource:
                 else:
                     raise CaptureError(f"{self.path}: corrupt pcapng section header at {pos}")
                 head = struct.Struct(endian + "II")
-                epb = struct.Struct(endian + "IIIIII")
+                unpack_epb = struct.Struct(endian + "IIIIII").unpack_from
                 btype, blen = head.unpack_from(mm, pos)
                 ifaces = []
             if blen < 12 or blen % 4 or blen > _MAX_RECORD + 64:

@@ -40,6 +40,12 @@ Segment = tuple[int, bytes, bytes, int, int, int, int, bytes]
 _ntop_cache: dict[bytes, str] = {}
 
 
+def shard_of(src: bytes, dst: bytes, count: int) -> int:
+    """Which of ``count`` shards the address pair belongs to: the same for both directions,
+    and cheap enough to test on every packet (the last address bytes vary the most)."""
+    return (src[-1] ^ dst[-1]) % count
+
+
 def addr_text(addr: bytes) -> str:
     """Printable form of a 4- or 16-byte address (cached: the same few hosts repeat)."""
     text = _ntop_cache.get(addr)
@@ -59,9 +65,32 @@ class PacketDecoder:
     IP fragments are held by the FragmentReassembler until the datagram is whole.
     """
 
-    def __init__(self, counters: Counters, fragments: FragmentReassembler | None = None) -> None:
+    def __init__(
+        self,
+        counters: Counters,
+        fragments: FragmentReassembler | None = None,
+        *,
+        shard: tuple[int, int] | None = None,
+        shared_ports: frozenset[int] = frozenset(),
+    ) -> None:
+        """``shard=(i, n)``: the fast paths (Ethernet, plain IPv4 or IPv6) return None for a
+        valid segment whose address pair is not shard ``i`` of ``n`` (``shard_of``) unless one
+        of its ports is in ``shared_ports``. Other frames are decoded as usual, so the caller
+        still sorts what comes back; this only spares it the bulk of other shards' packets.
+        """
         self.counters = counters
         self.fragments = fragments or FragmentReassembler(counters)
+        self._shard_index, self._shard_count = shard or (0, 0)
+        self._shared_ports = shared_ports
+
+    def _not_mine(self, frame: bytes, a: int, b: int, ports: int) -> bool:
+        """Whether the fast-path segment with address last bytes at ``a``, ``b`` and ports
+        at ``ports`` belongs to another shard."""
+        shared = self._shared_ports
+        return (frame[a] ^ frame[b]) % self._shard_count != self._shard_index and not (
+            ((frame[ports] << 8) | frame[ports + 1]) in shared
+            or ((frame[ports + 2] << 8) | frame[ports + 3]) in shared
+        )
 
     def decode(self, ts: float, linktype: int, frame: bytes) -> Segment | None:
         # Fast path for the common case: Ethernet, IPv4 without options or fragments.
@@ -83,6 +112,8 @@ class PacketDecoder:
                 if doff >= 20 and 34 + doff <= end:
                     if 34 + doff == end and not frame[47] & _SYN_RST:
                         return None  # a bare ACK/FIN: nothing downstream reads it
+                    if self._shard_count and self._not_mine(frame, 29, 33, 34):
+                        return None
                     return (
                         TCP,
                         frame[26:30],
@@ -96,6 +127,8 @@ class PacketDecoder:
             elif proto == UDP and end >= 42:
                 ulen = (frame[38] << 8) | frame[39]
                 stop = 34 + ulen if 8 <= ulen <= end - 34 else end
+                if self._shard_count and self._not_mine(frame, 29, 33, 34):
+                    return None
                 return (
                     UDP,
                     frame[26:30],
@@ -106,6 +139,22 @@ class PacketDecoder:
                     0,
                     frame[42:stop],
                 )
+        # Ethernet, IPv6 with TCP or UDP right after the fixed header: the other common case.
+        elif (
+            linktype == LINKTYPE_ETHERNET
+            and len(frame) >= 54
+            and frame[12] == 0x86
+            and frame[13] == 0xDD
+            and frame[14] >> 4 == 6
+            and (frame[20] == TCP or frame[20] == UDP)
+        ):
+            plen = (frame[18] << 8) | frame[19]
+            n = len(frame)
+            end = 54 + plen if plen and 54 + plen < n else n
+            seg = self._l4(frame[20], frame[22:38], frame[38:54], frame, 54, end)
+            if seg is not None and self._shard_count and self._not_mine(frame, 37, 53, 54):
+                return None
+            return seg
         off = self._network_offset(linktype, frame)
         if off < 0:
             return None

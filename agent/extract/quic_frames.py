@@ -138,16 +138,40 @@ def initial_crypto_chunks(payload: bytes) -> tuple[list[CryptoChunk], int | None
 
     Only frames allowed in Initial packets (RFC 9000 table 3) are understood.
     """
+    # Browsers scatter the hello over dozens of small CRYPTO frames between PING and PADDING
+    # frames, so this loop is hot: CRYPTO frames with 1- and 2-byte varints (all of them in
+    # practice) are read inline; anything else takes the general path.
     chunks: list[CryptoChunk] = []
+    search = _NONZERO.search
     pos, n = 0, len(payload)
     while pos < n:
         ftype = payload[pos]
         pos += 1
-        if ftype == FRAME_PADDING:
-            pos = _skip_padding(payload, pos)
-        elif ftype == FRAME_CRYPTO:
-            chunk, pos = _crypto_frame(payload, pos)
-            chunks.append(chunk)
+        if ftype == FRAME_CRYPTO:
+            if pos < n and payload[pos] < 0x40:
+                offset = payload[pos]
+                pos += 1
+            elif pos + 1 < n and payload[pos] < 0x80:
+                offset = ((payload[pos] & 0x3F) << 8) | payload[pos + 1]
+                pos += 2
+            else:
+                offset, pos = read_varint(payload, pos)
+            if pos < n and payload[pos] < 0x40:
+                length = payload[pos]
+                pos += 1
+            elif pos + 1 < n and payload[pos] < 0x80:
+                length = ((payload[pos] & 0x3F) << 8) | payload[pos + 1]
+                pos += 2
+            else:
+                length, pos = read_varint(payload, pos)
+            end = pos + length
+            if end > n:
+                raise DecodeError("CRYPTO frame overruns the packet")
+            chunks.append((offset, payload[pos:end]))
+            pos = end
+        elif ftype == FRAME_PADDING:
+            found = search(payload, pos)
+            pos = n if found is None else found.start()
         elif ftype == FRAME_PING:
             continue
         elif ftype in (FRAME_ACK, FRAME_ACK_ECN):
@@ -200,10 +224,18 @@ class CryptoStream:
         end = min(offset + len(data), self.limit)
         if offset >= end:
             return
-        if end > len(self._buf):
-            self._buf.extend(bytes(end - len(self._buf)))
-        self._buf[offset:end] = data if end - offset == len(data) else data[: end - offset]
+        buf = self._buf
         ranges = self._ranges
+        if offset == len(buf):  # right after everything so far: the usual case once sorted
+            buf += data if end - offset == len(data) else data[: end - offset]
+            if ranges and ranges[-1][1] == offset:
+                ranges[-1] = (ranges[-1][0], end)
+            else:
+                ranges.append((offset, end))
+            return
+        if end > len(buf):
+            buf.extend(bytes(end - len(buf)))
+        buf[offset:end] = data if end - offset == len(data) else data[: end - offset]
         # Chunks are mostly added in offset order: extend or append to the last range.
         if not ranges or offset > ranges[-1][1]:
             ranges.append((offset, end))

@@ -14,8 +14,9 @@ from agent.collected import (
     fields_of,
     privacy_notice,
     session_view,
+    usage_view,
 )
-from agent.records import Session
+from agent.records import Session, UsageRecord
 from agent.spool import SpoolEntry
 from tests.agent.test_spool import make_session
 
@@ -28,7 +29,13 @@ TYPE_WORDS = {
     "float": "time",
     "bool": "yes/no",
     "tuple[str, ...]": "list of text",
+    "float | None": "number or empty",
+    "tuple[tuple[str, str], ...]": "list of key/value pairs",
+    "tuple[tuple[str, int], ...]": "list of label/count pairs",
+    "tuple[tuple[str, str, int, int], ...]": "list of file kind/extension class/count/bytes",
 }
+# Fields whose float is a point in time rather than a number.
+TIME_FIELDS = {"first_seen", "last_seen", "started", "ended"}
 
 
 def test_every_session_field_is_declared_and_nothing_else() -> None:
@@ -52,8 +59,29 @@ def test_every_field_is_explained(f: CollectedField) -> None:
     assert f.description.endswith(".")
 
 
-def test_only_session_leaves_the_endpoint_today() -> None:
-    assert {f.record for f in COLLECTED} == {"Session"}
+def test_only_session_and_usage_leave_the_endpoint() -> None:
+    assert {f.record for f in COLLECTED} == {"Session", "UsageRecord"}
+
+
+def test_every_usage_field_is_declared_and_nothing_else() -> None:
+    declared = [f.name for f in fields_of("UsageRecord")]
+    assert declared == [f.name for f in fields(UsageRecord)]
+
+
+@pytest.mark.parametrize("field", fields(UsageRecord), ids=lambda f: f.name)
+def test_declared_usage_type_matches_the_record(field: object) -> None:
+    name, annotation = field.name, str(field.type)  # type: ignore[attr-defined]
+    (declared,) = [f for f in fields_of("UsageRecord") if f.name == name]
+    want = "time" if name in TIME_FIELDS else TYPE_WORDS[annotation]
+    assert declared.type == want
+
+
+def test_usage_view_is_exactly_the_schema() -> None:
+    from tests.metering.test_metering_usage import make_usage_record
+
+    view = usage_view(make_usage_record())
+    assert list(view) == [f.name for f in fields_of("UsageRecord")]
+    assert view["labels"] == [["finance.payment_card", 1]]
 
 
 def test_the_notice_names_every_field_and_everything_not_collected() -> None:
@@ -70,7 +98,7 @@ def test_the_notice_names_every_field_and_everything_not_collected() -> None:
 def test_session_view_is_exactly_the_schema() -> None:
     s = make_session(hostnames=("a.example", "b.example"))
     view = session_view(s)
-    assert list(view) == [f.name for f in COLLECTED]
+    assert list(view) == [f.name for f in fields_of("Session")]
     assert view["hostnames"] == ["a.example", "b.example"]
     assert view["bytes_up"] == 1200
 

@@ -132,7 +132,7 @@ def test_a_real_busy_loop_is_over_budget() -> None:
         n += 1
     h = dog.sample()
     assert h.over_cpu, h
-    assert h.cpu_percent > 50
+    assert h.cpu_percent > 20  # well over the 10% budget, even on a busy shared machine
     assert dog.should_shed()
 
 

@@ -279,11 +279,13 @@ def _classify(token: str, digits: str, text: str, t0: int, *, national: bool = T
     if token[0] == "+":
         return labels.PHONE if phones.is_international(token, digits) else None
     if "(" not in token and "/" not in token:
+        # The SSN's AAA-GG-SSSS shape decides before a context word can: a BSN written just
+        # before it must not claim it (found by the split-anywhere property test).
+        if n == 9 and _SSN.fullmatch(token):
+            return labels.US_SSN if us_ssn_ok(digits) else None
         ident = _context_id(digits, text, t0)
         if ident is not None:
             return ident
-        if n == 9 and _SSN.fullmatch(token):
-            return labels.US_SSN if us_ssn_ok(digits) else None
         if 13 <= n <= 19 and _card_shape(token):
             return labels.CARD if card_brand_ok(digits) and luhn_ok(digits) else None
     if token.startswith("00"):  # after the SSN: area 001-009 starts with 00 too

@@ -1,0 +1,395 @@
+"""Starts, watches and stops the metering process (mitmdump from its own environment).
+
+    supervisor = MeteringSupervisor(options, counters)
+    supervisor.start()            # CA, key secret, dirs; spawns mitmdump; restarts it on exit
+    supervisor.health()           # MeteringHealth: state, pid, restarts, last exit, CA fingerprint
+    supervisor.stop()             # SIGTERM, then SIGKILL after `stop_timeout`
+
+Layout under ``metering.dir`` (0700, owned by ``metering.user``)::
+
+    mitmproxy/       mitmproxy's confdir: the per-device CA only (`agent.metering.ca`)
+    key-secret       device secret for API-key fingerprints (0600)
+    usage.sock       the agent's end of the usage channel (`agent.metering.usage.UsageReceiver`)
+    mitmdump.log     the process's stdout/stderr: errors only, never flows, bodies or headers
+
+The CA certificate is exported (PEM and DER) into the agent's runtime dir for MDM to trust.
+
+Modes: ``regular`` is an explicit proxy on ``listen_host:listen_port`` (set it with a PAC file or
+``HTTPS_PROXY``). ``transparent`` (Linux) takes connections the admin redirects with iptables,
+excluding the metering user's own traffic so the proxy does not loop::
+
+    iptables  -t nat -A OUTPUT -p tcp --dport 443 -m owner ! --uid-owner lantern-meter \
+              -j REDIRECT --to-ports 8118
+    ip6tables -t nat -A OUTPUT -p tcp --dport 443 -m owner ! --uid-owner lantern-meter \
+              -j REDIRECT --to-ports 8118
+
+When the agent runs as root the process runs as ``metering.user``: the code that parses
+untrusted TLS and HTTP holds no capabilities (no CAP_NET_RAW, no CAP_NET_ADMIN).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.counters import Counters
+from agent.exceptions import ConfigError
+from agent.metering.ca import CaFiles, ensure_ca, export_certificate
+from agent.metering.venv import DEFAULT_PATH as DEFAULT_VENV
+from agent.metering.venv import mitmdump_path
+from agent.options import Option, Options
+from agent.state import StateDir
+
+log = logging.getLogger("lantern.metering.supervisor")
+
+ADDON = Path(__file__).with_name("addon.py")
+SYSTEM_DIR = Path("/var/lib/lantern-meter")
+LOG_MAX_BYTES = 1 << 20
+MODES = ("regular", "transparent")
+
+
+def declare_options(options: Options) -> None:
+    def port_ok(v: int) -> str | None:
+        return None if 1 <= v <= 65535 else "must be a TCP port (1-65535)"
+
+    for opt in (
+        Option(
+            "metering.enabled",
+            bool,
+            False,
+            "Run the metering proxy (mitmproxy) for token, cost and data-class metering of AI "
+            "API calls. Needs the metering CA trusted on the device.",
+        ),
+        Option(
+            "metering.mode",
+            str,
+            "regular",
+            "regular: explicit/PAC proxy on listen_host:listen_port; transparent: Linux, "
+            "connections redirected by an iptables rule the admin adds.",
+            choices=MODES,
+        ),
+        Option("metering.listen_host", str, "127.0.0.1", "Address the metering proxy listens on."),
+        Option("metering.listen_port", int, 8118, "Port of the metering proxy.", check=port_ok),
+        Option(
+            "metering.venv",
+            Path,
+            None,
+            "The metering environment (mitmproxy + Lantern). Default: .venv-meter next to the "
+            "Lantern source (`python -m agent.metering.venv` creates it).",
+        ),
+        Option(
+            "metering.user",
+            str,
+            "lantern-meter",
+            "Unprivileged user the proxy runs as when the agent is root (ignored otherwise).",
+        ),
+        Option(
+            "metering.dir",
+            Path,
+            None,
+            "Metering state: CA, key secret, channel socket, log. Default: "
+            "/var/lib/lantern-meter as root, <state.dir>/metering otherwise.",
+        ),
+        Option(
+            "metering.confdir",
+            Path,
+            None,
+            "mitmproxy's confdir (holds only the per-device CA). "
+            "Default: <metering.dir>/mitmproxy.",
+        ),
+    ):
+        options.declare(opt)
+
+
+@dataclass(frozen=True, slots=True)
+class MeteringPaths:
+    dir: Path
+    confdir: Path
+    key_secret: Path
+    socket: Path
+    log: Path
+    export_dir: Path  # public: the CA certificate for MDM
+
+    @classmethod
+    def from_options(cls, options: Options) -> MeteringPaths:
+        state = StateDir.from_options(options)
+        base: Path | None = options["metering.dir"]
+        if base is None:
+            base = SYSTEM_DIR if os.geteuid() == 0 else state.state / "metering"
+        confdir: Path | None = options["metering.confdir"]
+        return cls(
+            dir=base,
+            confdir=confdir or base / "mitmproxy",
+            key_secret=base / "key-secret",
+            socket=base / "usage.sock",
+            log=base / "mitmdump.log",
+            export_dir=state.runtime,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MeteringHealth:
+    state: str  # disabled, starting, running, restarting, stopped
+    pid: int | None
+    restarts: int
+    last_exit: int | None
+    listen: tuple[str, int]
+    mode: str
+    ca_fingerprint: str | None
+    problems: tuple[str, ...] = ()
+
+
+def _run_as(options: Options) -> tuple[int, int] | None:
+    """(uid, gid) to drop to, or None when the agent is not root."""
+    if os.geteuid() != 0:
+        return None
+    name = options["metering.user"]
+    if not name or name == "root":
+        raise ConfigError("metering.user: must name an unprivileged user when the agent is root")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"metering.user: no such user {name!r}") from None
+    if entry.pw_uid == 0:
+        raise ConfigError(f"metering.user: {name!r} has uid 0")
+    return entry.pw_uid, entry.pw_gid
+
+
+class MeteringSupervisor:
+    """Owns the metering process: prepares its files, runs it, restarts it, stops it."""
+
+    def __init__(
+        self,
+        options: Options,
+        counters: Counters,
+        *,
+        paths: MeteringPaths | None = None,
+        extra_args: Sequence[str] = (),
+        min_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        self.options = options
+        self.counters = counters
+        self.paths = paths or MeteringPaths.from_options(options)
+        self.extra_args = tuple(extra_args)
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.stop_timeout = stop_timeout
+        self.mode: str = options["metering.mode"]
+        self.listen: tuple[str, int] = (
+            options["metering.listen_host"],
+            options["metering.listen_port"],
+        )
+        venv: Path | None = options["metering.venv"]
+        self.mitmdump = mitmdump_path(venv or DEFAULT_VENV)
+        self.owner = _run_as(options)
+        self.ca: CaFiles | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._state = "stopped" if options["metering.enabled"] else "disabled"
+        self._restarts = 0
+        self._last_exit: int | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def uid(self) -> int:
+        """The uid the metering process runs as: the one the usage channel accepts."""
+        return self.owner[0] if self.owner is not None else os.geteuid()
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def prepare(self) -> CaFiles:
+        """Directories, CA, key secret and exported certificate; safe to call again."""
+        if self.mode == "transparent" and sys.platform != "linux":
+            raise ConfigError("metering.mode: transparent is supported on Linux only")
+        if not self.mitmdump.exists():
+            raise ConfigError(
+                f"metering.venv: {self.mitmdump} not found; create it with "
+                "`python -m agent.metering.venv PATH`"
+            )
+        d = self.paths.dir
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        d.chmod(0o700)
+        if self.owner is not None:
+            os.chown(d, *self.owner)
+        self.ca = ensure_ca(self.paths.confdir, owner=self.owner)
+        export_certificate(self.ca, self.paths.export_dir)
+        if not self.paths.key_secret.exists():
+            fd = os.open(self.paths.key_secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, secrets.token_hex(32).encode())
+            finally:
+                os.close(fd)
+        if self.owner is not None:
+            os.chown(self.paths.key_secret, *self.owner)
+        return self.ca
+
+    def command(self) -> list[str]:
+        host, port = self.listen
+        return [
+            str(self.mitmdump),
+            "--mode",
+            self.mode,
+            "--listen-host",
+            host,
+            "--listen-port",
+            str(port),
+            "-s",
+            str(ADDON),
+            # Invariant 1: no flow file, no flow output, errors only, no onboarding app.
+            "--set",
+            f"confdir={self.paths.confdir}",
+            "--set",
+            "flow_detail=0",
+            "--set",
+            "termlog_verbosity=error",
+            "--set",
+            "onboarding=false",
+            "--set",
+            f"lantern_channel={self.paths.socket}",
+            "--set",
+            f"lantern_key_secret={self.paths.key_secret}",
+            *self.extra_args,
+        ]
+
+    def _env(self) -> dict[str, str]:
+        keep = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
+        env = {k: v for k, v in os.environ.items() if k in keep}
+        env["HOME"] = str(self.paths.dir)  # nothing may land in a real home directory
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.options["metering.enabled"]:
+            self._state = "disabled"
+            return
+        self.prepare()
+        self._stopping.clear()
+        self._state = "starting"
+        self._spawn()
+        self._watcher = threading.Thread(target=self._watch, name="metering-watch", daemon=True)
+        self._watcher.start()
+
+    def _spawn(self) -> None:
+        log_path = self.paths.log
+        with contextlib.suppress(FileNotFoundError):
+            if log_path.stat().st_size > LOG_MAX_BYTES:
+                log_path.unlink()
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            if self.owner is not None:
+                os.fchown(fd, *self.owner)
+            proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                cwd=self.paths.dir,
+                env=self._env(),
+                start_new_session=True,
+                user=self.owner[0] if self.owner else None,
+                group=self.owner[1] if self.owner else None,
+                extra_groups=[] if self.owner else None,
+                umask=0o077,
+            )
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._proc = proc
+            self._state = "running"
+        self.counters.inc("metering.process.started")
+
+    def _watch(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            proc = self._proc
+            if proc is None:
+                return
+            started = time.monotonic()
+            code = proc.wait()
+            self._last_exit = code
+            if self._stopping.is_set():
+                return
+            self.counters.inc("metering.process.exited")
+            log.warning("metering process exited with %s; restarting", code)
+            failures = 0 if time.monotonic() - started > 60 else failures + 1
+            backoff = min(self.max_backoff, self.min_backoff * 2 ** max(failures - 1, 0))
+            self._state = "restarting"
+            if self._stopping.wait(backoff):
+                return
+            self._restarts += 1
+            try:
+                self._spawn()
+            except OSError as exc:
+                log.error("cannot restart the metering process: %s", exc)
+                self.counters.inc("metering.process.spawn_failed")
+                failures += 1
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``stop_timeout``; waits for the watcher."""
+        self._stopping.set()
+        with self._lock:
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                self.counters.inc("metering.process.killed")
+            self._last_exit = proc.returncode
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
+        if self._state != "disabled":
+            self._state = "stopped"
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """True once the proxy accepts connections (False on timeout or if it exits)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(OSError), socket.create_connection(self.listen, 0.5):
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def health(self) -> MeteringHealth:
+        proc = self._proc
+        running = proc is not None and proc.poll() is None
+        problems: list[str] = []
+        if self._state in ("running", "restarting") and not running:
+            problems.append("metering process is not running")
+        if self._restarts:
+            problems.append(f"metering process restarted {self._restarts} times")
+        return MeteringHealth(
+            state=self._state,
+            pid=proc.pid if running and proc is not None else None,
+            restarts=self._restarts,
+            last_exit=self._last_exit,
+            listen=self.listen,
+            mode=self.mode,
+            ca_fingerprint=self.ca.fingerprint_sha256 if self.ca is not None else None,
+            problems=tuple(problems),
+        )

@@ -1,0 +1,81 @@
+"""Collector fixtures: a shared real collector on loopback, enrolled agents, record factories."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.records import Session
+from collector.api import lantern_pb2 as pb
+from collector.api import lantern_pb2_grpc as pbg
+from collector.convert import session_to_event
+from collector.store import SqliteStore
+from collector.testing import AgentIdentity, CollectorProcess, enroll_agent, running_collector
+
+_ids = itertools.count(1)
+
+
+def make_session(**overrides: Any) -> Session:
+    values: dict[str, Any] = {
+        "id": f"s{next(_ids)}-{uuid.uuid4().hex[:8]}",
+        "version": 1,
+        "user": "alice",
+        "device": "alice-laptop",
+        "tool": "ChatGPT",
+        "service_id": "openai-chatgpt",
+        "category": "assistant",
+        "process_name": "firefox",
+        "process_exe": "/usr/lib/firefox/firefox",
+        "parent_name": None,
+        "first_seen": 1_760_000_000.0,
+        "last_seen": 1_760_000_060.0,
+        "connections": 3,
+        "hostnames": ("chatgpt.com",),
+        "seen_as": ("dns", "tls"),
+        "bytes_up": 1200,
+        "bytes_down": None,
+        "closed": False,
+    }
+    values.update(overrides)
+    return Session(**values)
+
+
+def make_batch(n: int = 3, batch_id: str | None = None, **overrides: Any) -> pb.SubmitRequest:
+    return pb.SubmitRequest(
+        batch_id=batch_id or uuid.uuid4().hex,
+        events=[session_to_event(make_session(**overrides)) for _ in range(n)],
+    )
+
+
+def submit(agent: AgentIdentity, req: pb.SubmitRequest, **kw: Any) -> pb.SubmitResponse:
+    with agent.ingest_channel(**kw) as ch:
+        resp: pb.SubmitResponse = pbg.IngestStub(ch).Submit(req, timeout=30)
+        return resp
+
+
+@pytest.fixture(scope="module")
+def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
+    with running_collector(
+        tmp_path_factory.mktemp("shared"),
+        rate_limit_per_second=1000.0,
+        rate_limit_burst=1000,
+        limits_max_message_bytes=256 * 1024,
+        limits_max_batch_events=100,
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def agent(collector: CollectorProcess) -> AgentIdentity:
+    return enroll_agent(collector, collector.create_token("1h"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    with SqliteStore(tmp_path / "c.db") as s:
+        yield s

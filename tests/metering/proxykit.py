@@ -1,0 +1,299 @@
+"""Real-proxy fixtures for the canary test and the proxy bench: a loopback HTTPS "AI provider"
+with its own test CA, the real mitmdump under `MeteringSupervisor`, the agent's usage receiver
+and spool, and an ``http.client`` connection through the proxy that trusts the metering CA.
+
+Every byte stays on loopback: the proxy's upstream connections are rewritten to the local server
+by the test-only `upstream_redirect.py` addon.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent import state
+from agent.counters import Counters
+from agent.metering import supervisor as sup
+from agent.metering.usage import UsageReceiver
+from agent.metering.venv import DEFAULT_PATH, ensure_meter_venv
+from agent.options import Options
+from agent.spool import Spool
+
+REDIRECT_ADDON = Path(__file__).with_name("upstream_redirect.py")
+HOSTS = (
+    "api.openai.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+    "bedrock-runtime.us-east-1.amazonaws.com",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_server_pki(directory: Path, hostnames: Iterable[str]) -> tuple[Path, Path, Path]:
+    """A test CA and one server certificate for ``hostnames``: (ca.pem, cert.pem, key.pem)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Lantern test upstream CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = list(hostnames)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "upstream-ca.pem", directory / "server.pem", directory / "server-key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    for p in paths:
+        p.chmod(0o644)  # the metering user reads the CA; the key is a throwaway test key
+    return paths
+
+
+@dataclass
+class Reply:
+    """What the fake provider answers: chunks are written (and flushed) one by one."""
+
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+    chunked: bool = False  # Transfer-Encoding: chunked (streams) instead of Content-Length
+    hold_after_first: threading.Event | None = None  # wait for it after the first chunk
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+Route = Callable[[Received], Reply]
+
+
+class FakeProvider:
+    """A threaded HTTPS/1.1 server on 127.0.0.1 answering with `Reply` objects by path."""
+
+    def __init__(self, cert: Path, key: Path, route: Route) -> None:
+        self.route = route
+        self.received: list[Received] = []
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # real providers answer without Nagle delays
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                got = Received(self.command, self.path, list(self.headers.items()), body)
+                provider.received.append(got)
+                reply = provider.route(got)
+                self.send_response(reply.status)
+                for name, value in reply.headers:
+                    self.send_header(name, value)
+                if reply.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    total = sum(len(c) for c in reply.chunks)
+                    self.send_header("Content-Length", str(total))
+                self.end_headers()
+                for i, chunk in enumerate(reply.chunks):
+                    if reply.chunked:
+                        self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                    else:
+                        self.wfile.write(chunk)
+                    self.wfile.flush()
+                    if i == 0 and reply.hold_after_first is not None:
+                        reply.hold_after_first.wait(15)
+                if reply.chunked:
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+
+            do_GET = do_POST = _any  # noqa: N815
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        ctx.set_alpn_protocols(["http/1.1"])
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeProvider:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def meter_venv() -> Path:
+    """The cached metering environment (created on first use: about a minute)."""
+    ensure_meter_venv(DEFAULT_PATH)
+    return DEFAULT_PATH
+
+
+def shared_workdir() -> Path:
+    """A fresh directory the unprivileged metering user can traverse (tmp_path is 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="lantern-meter-test-"))
+    d.chmod(0o755)
+    return d
+
+
+def meter_user() -> str:
+    return "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+
+
+@dataclass
+class Meter:
+    work: Path
+    proxy_port: int
+    client_ca: Path  # the exported metering CA (PEM)
+    spool: Spool
+    supervisor: sup.MeteringSupervisor
+    receiver: UsageReceiver
+    counters: Counters
+
+    def connect(self, host: str, timeout: float = 15.0) -> http.client.HTTPSConnection:
+        ctx = ssl.create_default_context(cafile=str(self.client_ca))
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", self.proxy_port, timeout=timeout, context=ctx
+        )
+        conn.set_tunnel(host, 443)
+        return conn
+
+    def written_files(self) -> list[Path]:
+        """Every file Lantern wrote during the run (state, runtime, metering dir incl. logs)."""
+        return sorted(p for p in self.work.rglob("*") if p.is_file() and "upstream" not in p.parts)
+
+
+@contextmanager
+def running_meter(upstream_port: int, upstream_ca: Path, work: Path) -> Iterator[Meter]:
+    """The real metering stack on loopback; everything it writes lands under ``work``."""
+    venv = meter_venv()
+    options = Options()
+    state.declare_options(options)
+    sup.declare_options(options)
+    port = free_port()
+    for key, value in {
+        "state.dir": str(work / "state"),
+        "state.runtime_dir": str(work / "run"),
+        "metering.enabled": True,
+        "metering.listen_port": port,
+        "metering.venv": str(venv),
+        "metering.user": meter_user(),
+        "metering.dir": str(work / "meter"),
+    }.items():
+        options.set(key, value, "test")
+    counters = Counters()
+    st = state.StateDir.from_options(options)
+    st.create()
+    supervisor = sup.MeteringSupervisor(
+        options,
+        counters,
+        extra_args=[
+            "-s",
+            str(REDIRECT_ADDON),
+            "--set",
+            f"test_upstream_port={upstream_port}",
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={upstream_ca}",
+            "--set",
+            "connection_strategy=lazy",
+        ],
+    )
+    supervisor.prepare()
+    spool = Spool(st.spool, counters=counters)
+    receiver = UsageReceiver(
+        supervisor.paths.socket,
+        supervisor.uid,
+        spool.put_usage,
+        device="canary-host",
+        counters=counters,
+        socket_owner=supervisor.owner,
+    )
+    receiver.start()
+    supervisor.start()
+    try:
+        if not supervisor.wait_ready(60):
+            log = supervisor.paths.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"metering proxy did not start: {log}")
+        yield Meter(
+            work,
+            port,
+            st.runtime / "lantern-metering-ca.pem",
+            spool,
+            supervisor,
+            receiver,
+            counters,
+        )
+    finally:
+        supervisor.stop()
+        receiver.stop()
+        spool.close()
+
+
+def remove_workdir(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
