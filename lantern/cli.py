@@ -16,6 +16,7 @@ _COMMANDS = {
     "meter": "agent.metering.cli:meter",
     "agent": "agent.cli_agent:agent",
     "me": "agent.cli_agent:me",
+    "collector": "collector.cli:collector",
 }
 
 

@@ -70,3 +70,10 @@ def test_every_config_key_is_in_the_readme() -> None:
 
     for opt in all_options().declared():
         assert f"| `{opt.key}` |" in README, f"config key {opt.key} is not documented"
+
+
+def test_every_collector_config_key_is_in_the_readme() -> None:
+    from collector.config import OPTIONS
+
+    for opt in OPTIONS:
+        assert f"| `{opt.key}` |" in README, f"collector config key {opt.key} is not documented"
