@@ -13,7 +13,8 @@ Every mutual-TLS call then takes the agent id from the peer certificate (``auth_
 from the message, and checks it against the store on each call (gRPC's TLS checks no CRL), so a
 revoked agent is refused at once. Per-agent token buckets answer RESOURCE_EXHAUSTED with a
 ``retry-after-ms`` trailer; requests above ``limits.max_message_bytes`` are refused by gRPC with
-RESOURCE_EXHAUSTED before they are parsed.
+RESOURCE_EXHAUSTED before they are parsed. Validated batches are stored by a child process
+(``collector.ingest``) so that SQLite and the gRPC work each get a core.
 """
 
 from __future__ import annotations
@@ -120,6 +121,9 @@ class EnrollmentService:
             certificate_der=cert.public_bytes(serialization.Encoding.DER),
             ca_certificate_der=self.pki.ca_cert_der,
             not_after_unix=int(not_after),
+            bundle_signing_key=self.pki.signing_public_key.public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            ),
         )
 
 

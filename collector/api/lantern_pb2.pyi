@@ -17,16 +17,18 @@ class EnrollRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., csr_der: _Optional[bytes] = ..., agent: _Optional[_Union[AgentInfo, _Mapping]] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("agent_id", "certificate_der", "ca_certificate_der", "not_after_unix")
+    __slots__ = ("agent_id", "certificate_der", "ca_certificate_der", "not_after_unix", "bundle_signing_key")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_DER_FIELD_NUMBER: _ClassVar[int]
     CA_CERTIFICATE_DER_FIELD_NUMBER: _ClassVar[int]
     NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     certificate_der: bytes
     ca_certificate_der: bytes
     not_after_unix: int
-    def __init__(self, agent_id: _Optional[str] = ..., certificate_der: _Optional[bytes] = ..., ca_certificate_der: _Optional[bytes] = ..., not_after_unix: _Optional[int] = ...) -> None: ...
+    bundle_signing_key: bytes
+    def __init__(self, agent_id: _Optional[str] = ..., certificate_der: _Optional[bytes] = ..., ca_certificate_der: _Optional[bytes] = ..., not_after_unix: _Optional[int] = ..., bundle_signing_key: _Optional[bytes] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
     __slots__ = ("hostname", "os", "os_version", "agent_version", "mode")

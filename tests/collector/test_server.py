@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from collector.api import lantern_pb2 as pb
 from collector.api import lantern_pb2_grpc as pbg
-from collector.bundle_verify import is_unchanged, verify_bundle
+from collector.bundle_verify import is_unchanged, load_public_key, verify_bundle
 from collector.pki import init_pki
 from collector.testing import (
     AgentIdentity,
@@ -97,6 +97,24 @@ def test_refused_tokens_say_why(
     err = rpc_error(enroll_agent, collector, token)
     assert err.code() == code
     assert message in (err.details() or "")
+
+
+def test_enrolment_returns_the_ca_and_the_bundle_key(collector: CollectorProcess) -> None:
+    _, csr = new_key_and_csr()
+    token = collector.create_token("1h")
+    with grpc.secure_channel(
+        collector.enroll_address, grpc.ssl_channel_credentials(collector.ca_cert_pem)
+    ) as ch:
+        resp = pbg.EnrollmentStub(ch).Enroll(
+            pb.EnrollRequest(token=token, csr_der=csr, agent=pb.AgentInfo(hostname="h")), timeout=10
+        )
+    ca = x509.load_der_x509_certificate(resp.ca_certificate_der)
+    assert ca.public_bytes(serialization.Encoding.PEM) == collector.ca_cert_pem
+    x509.load_der_x509_certificate(resp.certificate_der).verify_directly_issued_by(ca)
+    assert resp.not_after_unix > time.time() + 29 * 86400
+    assert load_public_key(resp.bundle_signing_key) == load_public_key(
+        collector.bundle_public_key_pem
+    )
 
 
 def test_a_token_is_spent_by_its_uses(collector: CollectorProcess) -> None:
