@@ -453,6 +453,20 @@ def privacy_notice() -> str:
                 f"{f.name} ({f.type}): {f.description} Example: {f.example}. Why: {f.purpose}"
             )
         )
+    parts += [
+        "",
+        para(
+            "About the agent itself, not about you, each computer also reports (so IT can see "
+            "that every agent works):"
+        ),
+    ]
+    for f in AGENT_FIELDS:
+        parts.append(
+            bullet.fill(
+                f"{f.record}.{f.name} ({f.type}): {f.description} Example: {f.example}. "
+                f"Why: {f.purpose}"
+            )
+        )
     parts += ["", "Lantern never records:"]
     parts += [bullet.fill(item + ".") for item in NOT_COLLECTED]
     parts += [

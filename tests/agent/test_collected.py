@@ -144,3 +144,14 @@ def test_employee_view_shows_only_that_user_with_totals_per_tool() -> None:
     ]
     assert view["privacy_notice"] == privacy_notice()
     assert view["not_collected"] == list(NOT_COLLECTED)
+
+
+def test_the_notice_also_lists_what_the_agent_reports_about_itself() -> None:
+    """Invariant 3: the heartbeat and agent details leave the endpoint too, so the notice that
+    is generated from the schema names every one of them."""
+    from agent.collected import AGENT_FIELDS, privacy_notice
+
+    notice = privacy_notice()
+    assert AGENT_FIELDS
+    for f in AGENT_FIELDS:
+        assert f"{f.record}.{f.name} (" in notice
