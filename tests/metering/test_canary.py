@@ -8,7 +8,8 @@ metering log, mitmproxy's confdir, the exported CA, the key secret, anything els
 state, runtime and metering directories) is searched: no canary may appear. The usage records
 must be there, with the right counts, labels and key hint.
 
-The collector database does not exist yet; when it does, this test must search it too.
+The records then go over the real wire (mutual TLS) to a real collector, and its whole data
+directory (the SQLite database with its WAL) is searched the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import sqlite3
 import sys
 import threading
 import time
@@ -396,3 +398,42 @@ def test_the_metering_process_is_unprivileged(
     st = key.stat()
     assert st.st_mode & 0o777 == 0o600 and st.st_uid == m.supervisor.owner[0]
     assert Path(m.supervisor.paths.dir).stat().st_mode & 0o777 == 0o700
+
+
+def test_no_canary_in_the_collector_database(
+    run: tuple[Meter, FakeProvider, dict[str, UsageRecord]], tmp_path: Path
+) -> None:
+    """The records go on to a real collector (mutual TLS, its SQLite store); every byte of its
+    data directory is searched for the canaries too, and the usage rows must be there."""
+    from agent.transport import AgentInfo, Heartbeat, Submission, to_wire
+    from collector import testing
+    from collector.api import lantern_pb2_grpc as pb_grpc
+
+    m, _, records = run
+    info = AgentInfo("canary-host", "linux", "6.1", "0.1.0", "endpoint")
+    sent = 0
+    with testing.running_collector(tmp_path) as c:
+        agent = testing.enroll_agent(c, c.create_token("1h", uses=1), hostname="canary-host")
+        with agent.ingest_channel() as channel:
+            stub = pb_grpc.IngestStub(channel)
+            while (batch := m.spool.next_batch(200)) is not None:
+                hb = Heartbeat(info, time.time(), {}, "ok", 0, 0)
+                stub.Submit(to_wire(Submission(batch.id, batch.events, hb)), timeout=15)
+                m.spool.ack(batch.id)
+                sent += sum(1 for e in batch.events if e.usage is not None)
+        assert c.stop() == 0
+        data_dir = c.data_dir
+        assert sent >= len(records)
+        con = sqlite3.connect(c.db_path)
+        try:
+            (stored,) = con.execute("SELECT count(*) FROM usage").fetchone()
+        finally:
+            con.close()
+        assert stored == sent
+        files = [p for p in data_dir.rglob("*") if p.is_file()]
+        assert any(p.name.startswith("collector.db") for p in files)
+        needles = [cn.encode() for cn in CANARIES]
+        for path in files:
+            data = path.read_bytes()
+            for needle in needles:
+                assert needle not in data, f"canary found in {path}"
