@@ -132,11 +132,9 @@ def to_wire(submission: Submission) -> Any:
         if e.session is not None:
             events.append(pb.Event(event_id=e.event_id, session=convert.session_to_pb(e.session)))
             continue
-        # usage (metering) records: their wire form is the collector's to define
-        usage_to_pb = getattr(convert, "usage_to_pb", None)
-        if usage_to_pb is None or e.usage is None:
-            raise AgentError(f"cannot send {e.kind} event {e.event_id}: no wire conversion")
-        events.append(pb.Event(event_id=e.event_id, usage=usage_to_pb(e.usage)))
+        if e.usage is None:
+            raise AgentError(f"cannot send {e.kind} event {e.event_id}: it carries no record")
+        events.append(pb.Event(event_id=e.event_id, usage=convert.usage_to_pb(e.usage)))
     hb = submission.heartbeat
     heartbeat = pb.Heartbeat(
         agent=_agent_info(hb.agent),
