@@ -9,6 +9,9 @@ serves every registered service on every port of a server:
   ``require_client_auth=True`` and the collector's CA as the only trusted root, so the TLS layer
   rejects any peer without a certificate from this collector.
 
+Both present the server certificate followed by the CA, so that an agent pinned only by the CA's
+fingerprint (``collector.ca_sha256``) finds the CA in the handshake.
+
 Every mutual-TLS call then takes the agent id from the peer certificate (``auth_context``), never
 from the message, and checks it against the store on each call (gRPC's TLS checks no CRL), so a
 revoked agent is refused at once. Per-agent token buckets answer RESOURCE_EXHAUSTED with a
@@ -292,7 +295,10 @@ class Collector:
             gate, self.ingest, self.store, self.pki, s.max_batch_events, s.client_cert_days
         )
         bundles = BundleService(gate, self.bundles)
-        keypair = [(self.pki.server_key_pem, self.pki.server_cert_pem)]
+        # The chain includes the CA so that an agent pinned only by collector.ca_sha256 can
+        # find it in the handshake (agent.enroll.fetch_ca_by_fingerprint); the CA is public.
+        chain = self.pki.server_cert_pem.rstrip(b"\n") + b"\n" + self.pki.ca_cert_pem
+        keypair = [(self.pki.server_key_pem, chain)]
 
         enroll_server = self._server(max(2, s.workers // 4))
         enroll_server.add_generic_rpc_handlers(
