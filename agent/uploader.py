@@ -297,7 +297,9 @@ class Uploader:
     def _retry(self, exc: CollectorError) -> float:
         delay = self.backoff.next(exc.retry_after)
         self.state = "retrying"
-        self.problem = f"collector unreachable ({exc}); retrying in {delay:.1f}s"
+        # RESOURCE_EXHAUSTED is the collector asking for patience (a rate limit), not an outage
+        what = "collector busy" if exc.code == "RESOURCE_EXHAUSTED" else "collector unreachable"
+        self.problem = f"{what} ({exc}); retrying in {delay:.1f}s"
         self.counters.inc("upload.retries")
         self.counters.inc(f"upload.errors.{exc.code.lower()}")
         log.warning("upload failed (%s); retry %d in %.1fs", exc, self.backoff.failures, delay)

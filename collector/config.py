@@ -78,6 +78,29 @@ OPTIONS: tuple[Option, ...] = (
         check=_positive,
     ),
     Option(
+        "rate_limit.enroll_per_second",
+        float,
+        1.0,
+        "Enrolment calls per second each client address may make, refilling its bucket "
+        "(an IPv6 client counts as its /64). Agents behind one NAT share it and back off.",
+        check=_positive,
+    ),
+    Option(
+        "rate_limit.enroll_burst",
+        int,
+        20,
+        "Enrolment calls one client address may make at once (bucket size).",
+        check=_positive,
+    ),
+    Option(
+        "rate_limit.enroll_max_addresses",
+        int,
+        10000,
+        "Client addresses whose enrolment buckets are kept; past this the least recently "
+        "seen is forgotten, so the table's memory stays bounded.",
+        check=_positive,
+    ),
+    Option(
         "limits.max_message_bytes",
         int,
         4 * 1024 * 1024,
@@ -138,6 +161,9 @@ class Settings:
     prune_interval: float
     rate_per_second: float
     rate_burst: int
+    enroll_rate_per_second: float
+    enroll_rate_burst: int
+    enroll_max_addresses: int
     max_message_bytes: int
     max_batch_events: int
     client_cert_days: float
@@ -158,6 +184,9 @@ class Settings:
             prune_interval=o["retention.prune_interval"],
             rate_per_second=o["rate_limit.per_second"],
             rate_burst=o["rate_limit.burst"],
+            enroll_rate_per_second=o["rate_limit.enroll_per_second"],
+            enroll_rate_burst=o["rate_limit.enroll_burst"],
+            enroll_max_addresses=o["rate_limit.enroll_max_addresses"],
             max_message_bytes=o["limits.max_message_bytes"],
             max_batch_events=o["limits.max_batch_events"],
             client_cert_days=o["pki.client_cert_days"],

@@ -14,10 +14,11 @@ fingerprint (``collector.ca_sha256``) finds the CA in the handshake.
 
 Every mutual-TLS call then takes the agent id from the peer certificate (``auth_context``), never
 from the message, and checks it against the store on each call (gRPC's TLS checks no CRL), so a
-revoked agent is refused at once. Per-agent token buckets answer RESOURCE_EXHAUSTED with a
-``retry-after-ms`` trailer; requests above ``limits.max_message_bytes`` are refused by gRPC with
-RESOURCE_EXHAUSTED before they are parsed. Validated batches are stored by a child process
-(``collector.ingest``) so that SQLite and the gRPC work each get a core.
+revoked agent is refused at once. Per-agent token buckets (and, on the enrolment port, per
+client address ones) answer RESOURCE_EXHAUSTED with a ``retry-after-ms`` trailer; requests
+above ``limits.max_message_bytes`` are refused by gRPC with RESOURCE_EXHAUSTED before they are
+parsed. Validated batches are stored by a child process (``collector.ingest``) so that SQLite
+and the gRPC work each get a core.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from collector.exceptions import (
 )
 from collector.ingest import IngestProcess
 from collector.pki import Pki, init_pki, is_initialised, load_pki, new_agent_id
-from collector.ratelimit import RateLimiter
+from collector.ratelimit import RateLimiter, peer_address
 from collector.store import SqliteStore, Store, open_store
 from collector.tokens import hash_token
 
@@ -76,15 +77,60 @@ def _unary(fn: Handler, request: type[Message], response: type[Message]) -> Any:
     )
 
 
-class EnrollmentService:
-    """``lantern.v1.Enrollment``: token + CSR → agent id and client certificate."""
+def _refuse_for_rate(context: Any, wait: float, who: str) -> NoReturn:
+    ms = max(1, math.ceil(wait * 1000))
+    context.set_trailing_metadata(((RETRY_AFTER, str(ms)),))
+    _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"{who}; retry after {ms} ms")
 
-    def __init__(self, pki: Pki, store: Store, cert_days: float) -> None:
+
+class EnrollmentService:
+    """``lantern.v1.Enrollment``: token + CSR → agent id and client certificate.
+
+    Anyone may call it, so each client address has a token bucket (``limiter``), taken before
+    the token is looked up or the CSR signed: guessing tokens or making the CA sign costs the
+    caller its bucket. Refusals are logged at most once a minute, as a count, so a flood cannot
+    flood the log too."""
+
+    LOG_EVERY = 60.0
+
+    def __init__(
+        self,
+        pki: Pki,
+        store: Store,
+        cert_days: float,
+        limiter: RateLimiter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.pki = pki
         self.store = store
         self.cert_days = cert_days
+        self.limiter = limiter
+        self.clock = clock
+        self._refused = 0
+        self._logged_at = float("-inf")
+        self._log_lock = threading.Lock()
+
+    def _limit(self, context: Any) -> None:
+        address = peer_address(context.peer())
+        wait = self.limiter.take(address)
+        if wait <= 0:
+            return
+        with self._log_lock:
+            self._refused += 1
+            now = self.clock()
+            if now - self._logged_at >= self.LOG_EVERY:
+                log.warning(
+                    "refused %d enrolment call(s) over the per-address rate limit "
+                    "(rate_limit.enroll_per_second); the latest from %s",
+                    self._refused,
+                    address,
+                )
+                self._refused = 0
+                self._logged_at = now
+        _refuse_for_rate(context, wait, f"too many enrolment attempts from {address}")
 
     def Enroll(self, req: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:  # noqa: N802
+        self._limit(context)
         if not req.token:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "token is empty")
         details = agent_info_from_pb(req.agent)
@@ -158,13 +204,7 @@ class AgentGate:
             _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"agent {agent_id} is revoked")
         wait = self.limiter.take(agent_id)
         if wait > 0:
-            ms = max(1, math.ceil(wait * 1000))
-            context.set_trailing_metadata(((RETRY_AFTER, str(ms)),))
-            _abort(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"agent {agent_id} is over its rate limit; retry after {ms} ms",
-            )
+            _refuse_for_rate(context, wait, f"agent {agent_id} is over its rate limit")
         return agent_id
 
 
@@ -267,6 +307,11 @@ class Collector:
         self.pki = load_pki(data) if is_initialised(data) else init_pki(data, settings.hostnames)
         self.store: SqliteStore = open_store(data)
         self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
+        self.enroll_limiter = RateLimiter(
+            settings.enroll_rate_per_second,
+            settings.enroll_rate_burst,
+            max_keys=settings.enroll_max_addresses,
+        )
         self.bundles = BundleSource(self.pki.signing_key, bundle_dirs)
         self._servers: list[Any] = []
         self._stop = threading.Event()
@@ -289,7 +334,7 @@ class Collector:
     def start(self) -> Bound:
         s = self.settings
         gate = AgentGate(self.store, self.limiter)
-        enroll = EnrollmentService(self.pki, self.store, s.client_cert_days)
+        enroll = EnrollmentService(self.pki, self.store, s.client_cert_days, self.enroll_limiter)
         self.ingest = IngestProcess(self.store.path)
         ingest = IngestService(
             gate, self.ingest, self.store, self.pki, s.max_batch_events, s.client_cert_days
