@@ -129,6 +129,8 @@ def main() -> None:
         n = build_capture(big, args.packets)
         size = big.stat().st_size
         print(f"capture: {n:,} packets, {size / 1e6:.1f} MB (public test captures repeated)")
+        version = subprocess.run([lantern, "--version"], capture_output=True, text=True, check=True)
+        print(version.stdout.strip())  # says whether the compiled decoders ran
         lcmd = [lantern, "scan", "--all", "--json", "--no-progress", str(big)]
         tcmd = [tshark, "-n", "-r", str(big), "-T", "fields", "-E", "occurrence=a"]
         for field in TSHARK_FIELDS:

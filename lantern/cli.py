@@ -38,8 +38,24 @@ class _LazyGroup(click.Group):
         return cmd
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from agent.native import describe  # noqa: PLC0415 - importing agent decides it
+
+    click.echo(f"lantern {__version__} (packet decoders: {describe()})")
+    ctx.exit()
+
+
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="lantern")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version, and whether the compiled packet decoders are in use, and exit.",
+)
 def main() -> None:
     """Lantern shows which AI tools are used, what they cost, and where data goes,
     without keeping anyone's prompts."""
