@@ -1,9 +1,11 @@
 """The agent's identity: its own key pair, one-time enrolment with a token, certificate renewal.
 
 The private key is generated here, written 0600 into the private state directory and never
-leaves the device; the collector sees only a CSR. The collector's CA is pinned before anything
-is sent: from ``collector.ca_file``, or found by its SHA-256 fingerprint (``collector.ca_sha256``,
-what an MDM profile carries) in the chain the collector presents, then used as the only root.
+leaves the device; the collector sees only a CSR. Every renewal makes a new key pair, so a key
+copied off the device is worth nothing once the certificate issued for it expires. The
+collector's CA is pinned before anything is sent: from ``collector.ca_file``, or found by its
+SHA-256 fingerprint (``collector.ca_sha256``, what an MDM profile carries) in the chain the
+collector presents, then used as the only root.
 """
 
 from __future__ import annotations
@@ -130,7 +132,14 @@ class Identity:
 
 
 class IdentityStore:
-    """``<state>/identity/``: client.key (0600), client.pem, ca.pem, agent_id."""
+    """``<state>/identity/``: client.key (0600), client.pem, ca.pem, agent_id.
+
+    A renewal replaces key and certificate together (``replace``): both are staged as
+    ``client.next.pem`` and ``client.next.key`` first, then the key is moved into place (the
+    commit point) and the certificate after it. ``load`` finishes or undoes a replacement a
+    crash interrupted, so it always finds a key and a certificate that belong together: the old
+    pair if the new key was not yet in place, the new pair if it was.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -138,6 +147,8 @@ class IdentityStore:
         self.cert = directory / "client.pem"
         self.ca = directory / "ca.pem"
         self.agent_id = directory / "agent_id"
+        self.next_key = directory / "client.next.key"
+        self.next_cert = directory / "client.next.pem"
 
     def _ensure_dir(self) -> None:
         if not self.dir.exists():
@@ -148,13 +159,7 @@ class IdentityStore:
         """The agent's key, created on first use (O_EXCL, 0600: never readable by others)."""
         self._ensure_dir()
         if not self.key.exists():
-            key = ec.generate_private_key(ec.SECP256R1())
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            _write_atomic(self.key, pem, 0o600)
+            _write_atomic(self.key, _key_pem(new_private_key()), 0o600)
         try:
             loaded = serialization.load_pem_private_key(self.key.read_bytes(), None)
         except (OSError, ValueError) as exc:
@@ -165,6 +170,7 @@ class IdentityStore:
 
     def load(self) -> Identity | None:
         """The stored identity, or None when this agent has not enrolled (or it is incomplete)."""
+        self._settle_replacement()
         if not all(p.exists() for p in (self.key, self.cert, self.ca)):
             return None
         try:
@@ -205,6 +211,82 @@ class IdentityStore:
         identity = self.load()
         assert identity is not None  # just written
         return identity
+
+    def replace(self, key: ec.EllipticCurvePrivateKey, issued: Issued) -> Identity:
+        """Switch to a new key and its certificate (a renewal); the old key is gone after.
+
+        EnrollmentError when the certificate is not for ``key`` or cannot be stored; the old
+        pair then stays in place and usable."""
+        try:
+            cert = x509.load_pem_x509_certificate(issued.certificate_pem)
+        except ValueError as exc:
+            raise EnrollmentError(
+                f"the collector returned an unreadable certificate: {exc}"
+            ) from exc
+        if not _same_key(cert, key):
+            raise EnrollmentError("the collector returned a certificate for another key")
+        try:
+            # Staged, in this order: a staged key means "not committed" to _settle_replacement.
+            _write_atomic(self.next_cert, issued.certificate_pem, 0o644)
+            _write_atomic(self.next_key, _key_pem(key), 0o600)
+            os.replace(self.next_key, self.key)  # the commit point
+            os.replace(self.next_cert, self.cert)
+            _sync_dir(self.dir)
+        except OSError as exc:
+            self._settle_replacement()
+            raise EnrollmentError(
+                f"cannot store the renewed key and certificate in {self.dir}: {exc}"
+            ) from exc
+        identity = self.load()
+        assert identity is not None  # just written
+        return identity
+
+    def _settle_replacement(self) -> None:
+        """Undo a replacement that did not reach its commit point; finish one that did."""
+        for stale in self.dir.glob(".*.tmp"):  # a write cut short by a crash (may hold a key)
+            stale.unlink(missing_ok=True)
+        if self.next_key.exists():  # not committed: the old pair is whole, drop the new one
+            self.next_key.unlink()
+            self.next_cert.unlink(missing_ok=True)
+            _sync_dir(self.dir)
+            return
+        if not self.next_cert.exists():
+            return
+        try:
+            staged = x509.load_pem_x509_certificate(self.next_cert.read_bytes())
+            key = serialization.load_pem_private_key(self.key.read_bytes(), None)
+        except (OSError, ValueError):
+            staged_matches = False
+        else:
+            staged_matches = isinstance(key, ec.EllipticCurvePrivateKey) and _same_key(staged, key)
+        if staged_matches:  # the new key is in place: its certificate follows it
+            os.replace(self.next_cert, self.cert)
+        else:  # staged before the key was: the current pair is the old one, whole
+            self.next_cert.unlink()
+        _sync_dir(self.dir)
+
+
+def new_private_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _sync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable (POSIX; elsewhere a rename is all there is)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _same_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
@@ -389,10 +471,23 @@ class Enroller:
 def renew(
     identity: Identity, store: IdentityStore, transport: Transport, hostname: str
 ) -> Identity:
-    """A new certificate for the same key, over mutual TLS with the current one."""
-    csr = make_csr(store.private_key(), hostname)
-    issued = transport.renew(csr)
-    return store.save(issued, identity.ca_pem)
+    """A new key pair and a certificate for it, asked for over mutual TLS with the current
+    pair; the new pair replaces the old one on disk only once the certificate is in hand."""
+    key = new_private_key()
+    issued = transport.renew(make_csr(key, hostname))
+    cert_agent = _common_name(_load_cert(issued.certificate_pem))
+    if cert_agent != identity.agent_id:
+        raise EnrollmentError(
+            f"the renewed certificate names agent {cert_agent!r}, not {identity.agent_id!r}"
+        )
+    return store.replace(key, issued)
+
+
+def _load_cert(pem: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise EnrollmentError(f"the collector returned an unreadable certificate: {exc}") from exc
 
 
 def certificate_days_left(identity: Identity, now: float | None = None) -> float:
@@ -402,9 +497,15 @@ def certificate_days_left(identity: Identity, now: float | None = None) -> float
 
 class CollectorLink:
     """The uploader's way to the collector: enrol once, connect with the client certificate,
-    renew it when a third of its lifetime is left, reconnect with the new one."""
+    renew key and certificate when a third of its lifetime is left, reconnect with the new pair.
+
+    A failed renewal is retried every ``RENEW_RETRY_SECONDS``, or every tenth of the time left
+    when that is sooner (at least a second apart), so a short-lived certificate is not lost to
+    one failed attempt; the same pause follows a success, so a certificate that is due at once
+    (a clock far off) cannot make the agent renew on every call."""
 
     RENEW_RETRY_SECONDS = 300.0
+    RENEW_MIN_SECONDS = 1.0
 
     def __init__(
         self,
@@ -445,14 +546,20 @@ class CollectorLink:
             )
         except (CollectorError, EnrollmentError) as exc:
             self._transport = current
-            self._next_renewal = now + self.RENEW_RETRY_SECONDS
+            self._next_renewal = now + self._pause(now)
             self._problem = (
                 f"certificate renewal failed ({exc}); it expires {_iso(self._identity.not_after)}"
             )
             return
         self._problem = None
+        self._next_renewal = now + self._pause(now)
         current.close()
-        self._transport = None  # reconnect with the new certificate
+        self._transport = None  # reconnect with the new key and certificate
+
+    def _pause(self, now: float) -> float:
+        assert self._identity is not None
+        left = self._identity.not_after - now
+        return max(self.RENEW_MIN_SECONDS, min(self.RENEW_RETRY_SECONDS, left / 10))
 
     def close(self) -> None:
         if self._transport is not None:

@@ -112,7 +112,8 @@ OPTIONS: tuple[Option, ...] = (
         "pki.client_cert_days",
         float,
         30.0,
-        "Validity of agent certificates; agents renew before expiry.",
+        "Validity of agent certificates (fractions allowed: 0.0003 is about 26 s); agents "
+        "renew, with a new key pair, when a third of it is left.",
         check=_positive,
     ),
     Option(

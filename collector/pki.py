@@ -123,14 +123,18 @@ class Pki:
         """Sign a client certificate for ``agent_id`` over the CSR's key (PkiError if bad)."""
         csr = load_csr(csr_der)
         now = _now()
+        lifetime = dt.timedelta(days=days)
+        # Agents renew when a third of (not_after - not_before) is left: a backdate as long as a
+        # short lifetime would make its certificates due for renewal the moment they are issued.
+        backdate = min(_BACKDATE, lifetime / 10)
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(agent_id))
             .issuer_name(self.ca_cert.subject)
             .public_key(csr.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(now - backdate)
+            .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.SubjectAlternativeName(

@@ -197,7 +197,7 @@ def test_the_link_renews_over_mtls_and_reconnects(tmp_path: Path, ca: FakeCA) ->
     assert fake.calls["renew"] == 1
     renewed = IdentityStore(tmp_path / "identity").load()
     assert renewed is not None and renewed.cert_pem != first.cert_pem
-    assert renewed.key_pem == first.key_pem  # the key never changes hands
+    assert renewed.key_pem != first.key_pem  # a new key pair with every renewal
     assert connected[-1].cert_pem == renewed.cert_pem
 
 
