@@ -122,6 +122,8 @@ class LanternMeter:
                 client=client,
                 dst=_addr(dst_raw),
                 provider=match.service.vendor_id,
+                method=req.method,
+                http_version=req.http_version,
             )
         for name in HEADERS_TO_STRIP:
             if name in req.headers:

@@ -21,8 +21,21 @@ from agent.metering.detect import Detectors, Labels, Scanner
 from agent.metering.encodings import BodyDecoder
 from agent.metering.exceptions import MeteringError
 from agent.metering.extract import Extractor, extractor_for
-from agent.metering.identity import HeaderInput, normalize_headers
-from agent.metering.records import Usage
+from agent.metering.identity import HeaderInput, header_tags, normalize_headers
+from agent.metering.records import Tags, Usage
+
+# Methods whose requests carry a body. Over HTTP/2 and HTTP/3 the frames delimit the body, so a
+# request may stream one with neither Content-Length nor Transfer-Encoding.
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def expects_body(headers: dict[str, str], method: str, http_version: str) -> bool:
+    """Whether a request with these (lower-cased) headers may carry a body."""
+    if "content-length" in headers:
+        return headers["content-length"] != "0"
+    if "transfer-encoding" in headers:
+        return True
+    return not http_version.startswith("HTTP/1") and method.upper() in BODY_METHODS
 
 
 class CallMeter:
@@ -43,6 +56,7 @@ class CallMeter:
         "id",
         "provider",
         "started",
+        "tags",
     )
 
     def __init__(
@@ -55,10 +69,12 @@ class CallMeter:
         client: Address,
         dst: Address,
         provider: str = "unknown",
+        tags: Tags = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.provider = provider
+        self.tags = tags  # the request's X-Lantern-* tags, for calls without an extractor
         self.host = host
         self.client = client
         self.dst = dst
@@ -88,15 +104,18 @@ class CallMeter:
         client: Address,
         dst: Address,
         provider: str = "unknown",
+        method: str = "POST",
+        http_version: str = "HTTP/1.1",
         clock: Callable[[], float] = time.time,
     ) -> CallMeter | None:
         """A meter for a call to ``url``; None when there is neither usage nor a body to read.
 
         ``provider`` names the vendor for calls the extractor does not know (label-only calls).
+        ``method`` and ``http_version`` tell whether a body may follow without a length.
         """
         headers = normalize_headers(request_headers)
         extractor = extractor_for(url, headers, key_secret=key_secret)
-        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        has_body = expects_body(headers, method, http_version)
         if extractor is None and not (has_body and detectors is not None):
             return None
         scanner = detectors.scanner(headers.get("content-type")) if detectors else None
@@ -108,6 +127,7 @@ class CallMeter:
             client=client,
             dst=dst,
             provider=provider,
+            tags=header_tags(headers) if extractor is None else (),
             clock=clock,
         )
 
@@ -237,6 +257,7 @@ class CallMeter:
                 cache_write_tokens=None,
                 reasoning_tokens=None,
                 status_code=status_code,
+                tags=self.tags,
             )
         route = self._extractor.route
         return Usage(

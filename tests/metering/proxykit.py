@@ -17,11 +17,12 @@ import socket
 import ssl
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -122,15 +123,35 @@ class Received:
     path: str
     headers: list[tuple[str, str]]
     body: bytes
+    protocol: str = "HTTP/1.1"  # as the server spoke it: HTTP/1.1 or HTTP/2
 
 
 Route = Callable[[Received], Reply]
 
 
-class FakeProvider:
-    """A threaded HTTPS/1.1 server on 127.0.0.1 answering with `Reply` objects by path."""
+class _AlpnServer(ThreadingHTTPServer):
+    """Hands connections that chose ``h2`` by ALPN to the HTTP/2 server, the rest to HTTP/1.1."""
 
-    def __init__(self, cert: Path, key: Path, route: Route) -> None:
+    provider: FakeProvider
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and request.selected_alpn_protocol() == "h2":
+            from tests.metering.h2server import serve_h2_connection
+
+            serve_h2_connection(request, self.provider.answer)
+            return
+        super().finish_request(request, client_address)
+
+
+class FakeProvider:
+    """A threaded HTTPS server on 127.0.0.1 answering with `Reply` objects by path.
+
+    It speaks HTTP/1.1, and HTTP/2 too when ``alpn`` offers ``h2`` (`tests.metering.h2server`).
+    """
+
+    def __init__(
+        self, cert: Path, key: Path, route: Route, alpn: Sequence[str] = ("http/1.1",)
+    ) -> None:
         self.route = route
         self.received: list[Received] = []
         provider = self
@@ -143,11 +164,13 @@ class FakeProvider:
                 pass
 
             def _any(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else b""
+                if "chunked" in self.headers.get("transfer-encoding", "").lower():
+                    body = self._read_chunked()
+                else:
+                    length = int(self.headers.get("content-length") or 0)
+                    body = self.rfile.read(length) if length else b""
                 got = Received(self.command, self.path, list(self.headers.items()), body)
-                provider.received.append(got)
-                reply = provider.route(got)
+                reply = provider.answer(got)
                 self.send_response(reply.status)
                 for name, value in reply.headers:
                     self.send_header(name, value)
@@ -169,16 +192,30 @@ class FakeProvider:
                     self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
 
+            def _read_chunked(self) -> bytes:
+                body = bytearray()
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()  # the CRLF after the chunk
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(body)
+
             do_GET = do_POST = _any  # noqa: N815
 
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
-        ctx.set_alpn_protocols(["http/1.1"])
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx.set_alpn_protocols(list(alpn))
+        self.server = _AlpnServer(("127.0.0.1", 0), Handler)
+        self.server.provider = self
         self.server.daemon_threads = True
         self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, got: Received) -> Reply:
+        self.received.append(got)
+        return self.route(got)
 
     def __enter__(self) -> FakeProvider:
         self._thread.start()
@@ -216,8 +253,16 @@ class Meter:
     receiver: UsageReceiver
     counters: Counters
 
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    def client_context(self) -> ssl.SSLContext:
+        """Verifies servers against the device's metering CA only (as a device that trusts it)."""
+        return ssl.create_default_context(cafile=str(self.client_ca))
+
     def connect(self, host: str, timeout: float = 15.0) -> http.client.HTTPSConnection:
-        ctx = ssl.create_default_context(cafile=str(self.client_ca))
+        ctx = self.client_context()
         conn = http.client.HTTPSConnection(
             "127.0.0.1", self.proxy_port, timeout=timeout, context=ctx
         )
@@ -230,8 +275,14 @@ class Meter:
 
 
 @contextmanager
-def running_meter(upstream_port: int, upstream_ca: Path, work: Path) -> Iterator[Meter]:
-    """The real metering stack on loopback; everything it writes lands under ``work``."""
+def running_meter(
+    upstream_port: int, upstream_ca: Path, work: Path, *, connection_strategy: str = "lazy"
+) -> Iterator[Meter]:
+    """The real metering stack on loopback; everything it writes lands under ``work``.
+
+    ``connection_strategy="eager"`` (mitmproxy's default, the product's) connects upstream
+    before answering the client's TLS handshake, so the client gets the ALPN the server chose.
+    """
     venv = meter_venv()
     options = Options()
     state.declare_options(options)
@@ -261,7 +312,7 @@ def running_meter(upstream_port: int, upstream_ca: Path, work: Path) -> Iterator
             "--set",
             f"ssl_verify_upstream_trusted_ca={upstream_ca}",
             "--set",
-            "connection_strategy=lazy",
+            f"connection_strategy={connection_strategy}",
         ],
     )
     supervisor.prepare()

@@ -151,6 +151,53 @@ def test_unknown_paths_are_reported_only_when_they_carry_labels_or_files() -> No
     assert (call.usage.provider, call.usage.endpoint) == ("openai", "other")
 
 
+def test_label_only_calls_keep_the_requests_tags() -> None:
+    meter = CallMeter.start(
+        "https://api.openai.com/v1/files",
+        "api.openai.com",
+        {"content-type": "text/plain", "content-length": "28", "x-lantern-team": "payments"},
+        detectors=Detectors(),
+        key_secret=None,
+        client=CLIENT,
+        dst=PROXY,
+        provider="openai",
+    )
+    assert meter is not None and not meter.metered
+    meter.request_chunk(b"pay with 4111 1111 1111 1111")
+    call = meter.finish({}, 200)
+    assert call is not None and call.usage.tags == (("team", "payments"),)
+
+
+@pytest.mark.parametrize(
+    ("method", "version", "headers", "scanned"),
+    [
+        ("POST", "HTTP/2.0", {}, True),  # h2 frames the body: no length needed
+        ("PUT", "HTTP/3", {}, True),
+        ("GET", "HTTP/2.0", {}, False),
+        ("POST", "HTTP/2.0", {"content-length": "0"}, False),
+        ("POST", "HTTP/1.1", {}, False),  # HTTP/1.1 without length or chunking has no body
+        ("POST", "HTTP/1.1", {"transfer-encoding": "chunked"}, True),
+        ("POST", "HTTP/1.1", {"content-length": "12"}, True),
+    ],
+)
+def test_a_body_without_a_length_is_scanned_when_the_protocol_frames_it(
+    method: str, version: str, headers: dict[str, str], scanned: bool
+) -> None:
+    meter = CallMeter.start(
+        "https://api.openai.com/v1/files",
+        "api.openai.com",
+        {"content-type": "text/plain", **headers},
+        detectors=Detectors(),
+        key_secret=None,
+        client=CLIENT,
+        dst=PROXY,
+        provider="openai",
+        method=method,
+        http_version=version,
+    )
+    assert (meter is not None) is scanned
+
+
 def test_body_decoder_undoes_stacked_encodings() -> None:
     plain = b"x" * 10_000
     packed = gzip.compress(gzip.compress(plain))
