@@ -131,14 +131,16 @@ def ceiling(rows: list[tuple[list[Any], list[Any]]], path: Path) -> float:
         _SESSION_UPSERT,
         CACHE_KIB,
         MIGRATIONS,
-        WAL_CHECKPOINT_PAGES,
+        PAGE_SIZE,
+        WAL_CHECKPOINT_BYTES,
     )
 
     db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA page_size={PAGE_SIZE}")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-    db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+    db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // PAGE_SIZE}")
     db.executescript(MIGRATIONS[0])
     n = 0
     t0 = time.perf_counter()
@@ -174,6 +176,9 @@ def main() -> None:
             Path(tmp),
             rate_limit_per_second=1e6,
             rate_limit_burst=1_000_000,
+            # every simulated agent enrols from 127.0.0.1: one address, many agents
+            rate_limit_enroll_per_second=1e6,
+            rate_limit_enroll_burst=1_000_000,
             limits_max_batch_events=max(5000, args.batch),
             server_workers=args.workers,
         ) as c,

