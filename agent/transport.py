@@ -197,16 +197,30 @@ class GrpcTransport:
         creds = grpc.ssl_channel_credentials(
             root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
         )
-        self._channel = grpc.secure_channel(address, creds, options=options)
-        self._ingest = stubs.IngestStub(self._channel)
-        self._enrollment = stubs.EnrollmentStub(self._channel)
-        self._bundles = stubs.BundlesStub(self._channel)
+        self._target = (address, creds, options)
+        self._stubs = stubs
+        self._connect()
+
+    def _connect(self) -> None:
+        address, creds, options = self._target
+        self._channel = self._grpc.secure_channel(address, creds, options=options)
+        self._ingest = self._stubs.IngestStub(self._channel)
+        self._enrollment = self._stubs.EnrollmentStub(self._channel)
+        self._bundles = self._stubs.BundlesStub(self._channel)
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
             return method(request, timeout=self.timeout)
         except self._grpc.RpcError as exc:
-            raise _translate(exc) from exc
+            error = _translate(exc)
+            if error.code == "UNAVAILABLE":
+                # A channel that could not connect waits out gRPC's own reconnect backoff
+                # (growing with the outage, up to 120 s) and fails every call meanwhile without
+                # trying. A fresh channel makes the uploader's next retry a real attempt, so
+                # the uploader's backoff is the only one.
+                self._channel.close()
+                self._connect()
+            raise error from exc
 
     def submit(self, submission: Submission) -> Ack:
         r = self._call(self._ingest.Submit, to_wire(submission))
