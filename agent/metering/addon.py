@@ -11,6 +11,12 @@ handed to a `CallMeter` and forwarded unchanged at once, so no body is buffered 
 responses are not delayed. ``X-Lantern-*`` attribution headers are removed before forwarding.
 At the end a `MeteredCall` goes to the agent over the Unix socket channel.
 
+WebSockets on intercepted hosts are relayed by mitmproxy message by message, unchanged. A
+metered one (a web app's chat socket, such as Copilot's) feeds each message to its `CallMeter`
+and is reported once, when it closes (or when the proxy stops). mitmproxy keeps every message
+of a flow in ``flow.websocket.messages`` for the flow's lifetime; the addon drops all but the
+newest at each message, so a long-lived socket holds no conversation in memory.
+
 Runs inside mitmproxy's own environment (mitmproxy 11.0; the hooks used exist in 12 too) and
 imports mitmproxy at module level, so mypy sees it through the ``mitmproxy.*`` override.
 """
@@ -50,7 +56,8 @@ class LanternMeter:
         self.detectors: Detectors | None = None
         self.sender: ChannelSender | None = None
         self.key_secret: bytes | None = None
-        self.calls: dict[str, CallMeter] = {}
+        self.calls: dict[str, CallMeter] = {}  # by flow id, while the flow runs
+        self.sockets: dict[str, CallMeter] = {}  # metered WebSockets, by flow id, until closed
 
     # -- options -------------------------------------------------------------------------------
 
@@ -82,6 +89,9 @@ class LanternMeter:
             self.sender = ChannelSender(Path(path), self.counters) if path else None
 
     def done(self) -> None:
+        # WebSockets still open when the proxy stops: report what they carried so far.
+        for flow_id in list(self.sockets):
+            self._report(self.sockets.pop(flow_id), (), 101)
         if self.sender is not None:
             self.sender.close()
 
@@ -162,12 +172,48 @@ class LanternMeter:
         meter = self.calls.pop(flow.id, None)
         if meter is None or flow.response is None:
             return
+        if flow.websocket is not None:
+            # 101: a WebSocket follows; its messages are metered until it closes.
+            meter.websocket_open()
+            self.sockets[flow.id] = meter
+            return
         if flow.response.raw_content:
             # The response ended with its headers or was not streamed (no body frames).
             meter.response_chunk(flow.response.raw_content)
         self._report(meter, flow.response.headers.items(multi=True), flow.response.status_code)
 
+    # -- WebSockets ----------------------------------------------------------------------------
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        ws = flow.websocket
+        if ws is None or not ws.messages:
+            return
+        meter = self.sockets.get(flow.id)
+        if meter is not None:
+            message = ws.messages[-1]
+            try:
+                meter.websocket_message(
+                    message.content, from_client=message.from_client, text=message.is_text
+                )
+            except Exception:  # hooks fail soft: the message is relayed all the same
+                self.counters.inc("metering.addon.error")
+                log.error("metering hook failed (websocket_message)", exc_info=False)
+        # mitmproxy relays the newest message after this hook (it holds its own reference);
+        # older ones are never needed again.
+        del ws.messages[:-1]
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is not None:
+            flow.websocket.messages.clear()
+        meter = self.sockets.pop(flow.id, None)
+        if meter is not None:
+            headers = flow.response.headers.items(multi=True) if flow.response else ()
+            self._report(meter, headers, 101)
+
     def error(self, flow: http.HTTPFlow) -> None:
+        socket_meter = self.sockets.pop(flow.id, None)
+        if socket_meter is not None:  # the WebSocket broke: report what it carried
+            self._report(socket_meter, (), 101)
         meter = self.calls.pop(flow.id, None)
         if meter is not None:
             status = flow.response.status_code if flow.response is not None else None

@@ -2,7 +2,8 @@
 
 A call to an endpoint the extractor knows yields usage and labels. A call to any other path of
 a catalog host (a file upload to ``/v1/files``, a web app's attachment endpoint) is scanned for
-labels only, and reported only when its request carried a label or a file.
+labels only, and reported only when its request carried a label or a file. An exchange that
+becomes a WebSocket (Copilot's chat) is metered message by message and reported when it closes.
 
 No mitmproxy here (the addon is a thin shell around this), so tests drive it with bytes. Each
 chunk is decoded (Content-Encoding) and handed to the usage `Extractor` and, for the request, to
@@ -147,6 +148,9 @@ class CallMeter:
 
     def request_chunk(self, data: bytes) -> None:
         self.bytes_up += len(data)
+        self._request_bytes(data)
+
+    def _request_bytes(self, data: bytes) -> None:
         if self._req_decoder is None or not data:
             return
         try:
@@ -187,6 +191,9 @@ class CallMeter:
 
     def response_chunk(self, data: bytes) -> None:
         self.bytes_down += len(data)
+        self._response_bytes(data)
+
+    def _response_bytes(self, data: bytes) -> None:
         if self._resp_decoder is None or not data:
             return
         try:
@@ -197,6 +204,33 @@ class CallMeter:
             return
         if plain and self._extractor is not None:
             self._extractor.feed_response(plain)
+
+    # -- WebSocket -----------------------------------------------------------------------------
+
+    def websocket_open(self) -> None:
+        """The exchange became a WebSocket (101): its messages are the bodies from now on.
+
+        Each direction is then read as a sequence of documents, one per text message (a web
+        app such as Copilot sends one JSON object per message); messages carry no
+        Content-Encoding (permessage-deflate is undone by the proxy).
+        """
+        self.request_end()
+        self._req_decoder = BodyDecoder(None)
+        self._resp_decoder = BodyDecoder(None)
+
+    def websocket_message(self, data: bytes, *, from_client: bool, text: bool) -> None:
+        """One whole message. Text is read (a newline keeps it apart from the next message);
+        binary messages are only counted."""
+        if from_client:
+            self.bytes_up += len(data)
+            if text:
+                self._request_bytes(data)
+                self._request_bytes(b"\n")
+        else:
+            self.bytes_down += len(data)
+            if text:
+                self._response_bytes(data)
+                self._response_bytes(b"\n")
 
     # -- end -----------------------------------------------------------------------------------
 
