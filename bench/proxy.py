@@ -2,8 +2,9 @@
 
 One loopback HTTPS "provider" (answering for api.openai.com with its own test CA), the real
 mitmdump + Lantern addon under `MeteringSupervisor`, the agent's receiver and spool, all from
-the canary test's kit. Each case runs DIRECT (client → server) and PROXY (client → proxy →
-server) in the same run, sequentially, one keep-alive connection per side:
+the canary test's kit. Each case runs DIRECT (client → server), PROXY (client → proxy →
+server) and MITMPROXY (the same mitmdump from the same environment without Lantern's addon:
+what mitmproxy itself adds) in the same run, sequentially, one keep-alive connection per side:
 
   chat      non-streaming chat completion (~1 KB JSON answer with usage)
   stream    SSE chat completion, 20 events
@@ -12,7 +13,9 @@ server) in the same run, sequentially, one keep-alive connection per side:
 
     .venv/bin/python bench/proxy.py [--requests 300]
 
-Prints p50/p99 per request, requests/s, the added latency (PROXY - DIRECT at p50/p99), and TTFB.
+Prints p50/p99 per request, requests/s, the added latency (PROXY - DIRECT at p50/p99), and TTFB,
+and how much of it is mitmproxy's own (MITMPROXY - DIRECT) and how much Lantern's addon's
+(PROXY - MITMPROXY).
 """
 
 from __future__ import annotations
@@ -20,20 +23,27 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import socket
 import ssl
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.metering.venv import mitmdump_path
 from tests.metering.proxykit import (
+    REDIRECT_ADDON,
     FakeProvider,
     Meter,
     Received,
     Reply,
+    free_port,
     make_server_pki,
+    meter_venv,
     remove_workdir,
     running_meter,
     shared_workdir,
@@ -139,6 +149,42 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
+@contextmanager
+def bare_mitmproxy(upstream_port: int, upstream_ca: Path, work: Path) -> Iterator[tuple[int, Path]]:
+    """mitmdump from the metering environment with the test redirect and nothing of Lantern's:
+    the same options the supervisor sets, minus the addon. Yields its port and its CA."""
+    confdir = work / "bare-mitmproxy"
+    confdir.mkdir()
+    port = free_port()
+    cmd = [
+        str(mitmdump_path(meter_venv())),
+        *("--mode", "regular", "--listen-host", "127.0.0.1", "--listen-port", str(port)),
+        *("-s", str(REDIRECT_ADDON)),
+        *("--set", f"test_upstream_port={upstream_port}"),
+        *("--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"),
+        *("--set", "connection_strategy=lazy"),
+        *("--set", f"confdir={confdir}", "--set", "flow_detail=0"),
+        *("--set", "termlog_verbosity=error", "--set", "onboarding=false"),
+        # bodies streamed through, as the addon streams them through its parsers
+        *("--set", "stream_large_bodies=1"),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise SystemExit(f"bare mitmdump did not start: {err[-2000:]}")
+            time.sleep(0.1)
+        yield port, confdir / "mitmproxy-ca-cert.pem"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--requests", type=int, default=300)
@@ -149,14 +195,18 @@ def main() -> int:
         up.mkdir()
         up.chmod(0o755)
         ca, cert, key = make_server_pki(up, [HOST])
-        with FakeProvider(cert, key, route) as server, running_meter(server.port, ca, work) as m:
-            report(m, server, ca, args.requests)
+        with (
+            FakeProvider(cert, key, route) as server,
+            running_meter(server.port, ca, work) as m,
+            bare_mitmproxy(server.port, ca, work) as bare,
+        ):
+            report(m, bare, server, ca, args.requests)
     finally:
         remove_workdir(work)
     return 0
 
 
-def report(m: Meter, server: FakeProvider, ca: Path, n: int) -> None:
+def report(m: Meter, bare: tuple[int, Path], server: FakeProvider, ca: Path, n: int) -> None:
     def direct() -> http.client.HTTPSConnection:
         ctx = ssl.create_default_context(cafile=str(ca))
         ctx.check_hostname = False  # the cert names api.openai.com; we dial 127.0.0.1
@@ -165,19 +215,33 @@ def report(m: Meter, server: FakeProvider, ca: Path, n: int) -> None:
     def proxied() -> http.client.HTTPSConnection:
         return m.connect(HOST, timeout=30)
 
+    def mitmproxy_only() -> http.client.HTTPSConnection:
+        port, bare_ca = bare
+        ctx = ssl.create_default_context(cafile=str(bare_ca))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+        conn.set_tunnel(HOST, 443)
+        return conn
+
     rows = []
     for kind in ("chat", "stream", "ttfb"):
         d, d_rps = run_case(direct, kind, n)
+        b, b_rps = run_case(mitmproxy_only, kind, n)
         p, p_rps = run_case(proxied, kind, n)
-        rows.append((kind, d, p, d_rps, p_rps))
-    print(f"{'case':8} {'side':7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
-    for kind, d, p, d_rps, p_rps in rows:
-        print(f"{kind:8} {'direct':7} {pct(d, 0.5):8.2f} {pct(d, 0.99):8.2f} {d_rps:8.0f}")
-        print(f"{kind:8} {'proxy':7} {pct(p, 0.5):8.2f} {pct(p, 0.99):8.2f} {p_rps:8.0f}")
-        added50 = pct(p, 0.5) - pct(d, 0.5)
-        added99 = pct(p, 0.99) - pct(d, 0.99)
+        rows.append((kind, d, b, p, d_rps, b_rps, p_rps))
+    print(f"{'case':8} {'side':9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+    for kind, d, b, p, d_rps, b_rps, p_rps in rows:
+        print(f"{kind:8} {'direct':9} {pct(d, 0.5):8.2f} {pct(d, 0.99):8.2f} {d_rps:8.0f}")
+        print(f"{kind:8} {'mitmproxy':9} {pct(b, 0.5):8.2f} {pct(b, 0.99):8.2f} {b_rps:8.0f}")
+        print(f"{kind:8} {'proxy':9} {pct(p, 0.5):8.2f} {pct(p, 0.99):8.2f} {p_rps:8.0f}")
         label = "TTFB" if kind == "ttfb" else "per request"
-        print(f"{kind:8} {'added':7} {added50:8.2f} {added99:8.2f}   ({label}, proxy - direct)")
+        for name, x, y in (("added", p, d), ("mitm", b, d), ("addon", p, b)):
+            a50, a99 = pct(x, 0.5) - pct(y, 0.5), pct(x, 0.99) - pct(y, 0.99)
+            what = {
+                "added": "proxy - direct",
+                "mitm": "mitmproxy alone - direct",
+                "addon": "proxy - mitmproxy alone",
+            }[name]
+            print(f"{kind:8} {name:9} {a50:8.2f} {a99:8.2f}   ({label}, {what})")
     m.supervisor.stop()
     time.sleep(0.5)
     recs = len(m.spool.usage_records())
