@@ -10,6 +10,7 @@ collector presents, then used as the only root.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -233,7 +234,8 @@ class IdentityStore:
             os.replace(self.next_cert, self.cert)
             _sync_dir(self.dir)
         except OSError as exc:
-            self._settle_replacement()
+            with contextlib.suppress(OSError):  # best effort: the next load() settles it too
+                self._settle_replacement()
             raise EnrollmentError(
                 f"cannot store the renewed key and certificate in {self.dir}: {exc}"
             ) from exc

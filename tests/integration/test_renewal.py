@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from agent.enroll import Identity, IdentityStore, build_link, renew
+from agent.exceptions import EnrollmentError
 from agent.transport import Transport
 from collector.api import lantern_pb2 as pb
 from collector.api import lantern_pb2_grpc as pbg
@@ -170,6 +171,35 @@ def test_a_crash_anywhere_in_the_switch_leaves_a_usable_matching_pair(
         "client.pem",
     ]
     assert submit_with(collector, after, 100 + n) == 1  # and it works at the collector
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_a_failed_write_is_a_renewal_error_and_leaves_a_usable_pair(
+    tmp_path: Path, collector: CollectorProcess, monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    store, old, transport = enrolled(tmp_path, collector)
+    real = os.replace
+    calls = [0]
+
+    def full_disk(src: Any, dst: Any) -> None:  # from rename n on; cleanup's renames too
+        calls[0] += 1
+        if calls[0] >= n:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(os, "replace", full_disk)
+            with pytest.raises(EnrollmentError, match="cannot store the renewed key"):
+                renew(old, store, transport, "test-host")
+    finally:
+        transport.close()
+    after = IdentityStore(store.dir).load()  # the disk has room again
+    assert not store.next_key.exists() and not store.next_cert.exists()
+    assert after is not None and key_matches_cert(after.key_pem, after.cert_pem)
+    # up to and including the key's move (rename 3) the old pair stays; after it, the new one
+    assert (after.key_pem == old.key_pem) == (n <= 3)
+    assert submit_with(collector, after, 200 + n) == 1
 
 
 def test_a_temporary_file_left_by_a_crash_is_removed_on_load(
