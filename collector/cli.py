@@ -263,5 +263,58 @@ def agents_revoke(config: Path | None, data_dir: Path | None, agent_id: str) -> 
     click.echo(f"revoked agent {agent_id}")
 
 
+@collector.command()
+@data_options
+@json_option
+@click.option(
+    "--days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=7.0,
+    show_default=True,
+    help="Report the calls started in the last DAYS days.",
+)
+def usage(config: Path | None, data_dir: Path | None, as_json: bool, days: float) -> None:
+    """Spend and tokens of metered AI calls per provider and model, and the calls nobody
+    could price (an unknown model is counted, never priced by guess)."""
+    s = _settings(config, data_dir)
+    until = time.time()
+    try:
+        with _open_store(s) as store:
+            rows = store.usage_by_model(until - days * 86400, until)
+    except CollectorError as exc:
+        _fail(str(exc))
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(asdict(r), sort_keys=True))
+        return
+    if not rows:
+        click.echo(f"No metered calls in the last {days:g} days.")
+        return
+    print_table(
+        ("PROVIDER", "MODEL", "CALLS", "INPUT TOKENS", "OUTPUT TOKENS", "CACHE READ",
+         "REASONING", "COST USD", "UNPRICED"),
+        [
+            (r.provider, r.model or "-", f"{r.requests:,}", f"{r.input_tokens:,}",
+             f"{r.output_tokens:,}", f"{r.cache_read_tokens:,}", f"{r.reasoning_tokens:,}",
+             f"{r.cost_usd:,.2f}", f"{r.unpriced:,}")
+            for r in rows
+        ],
+    )  # fmt: skip
+    calls = sum(r.requests for r in rows)
+    unpriced = [r for r in rows if r.unpriced]
+    click.echo()
+    click.echo(
+        f"{calls:,} call(s) in the last {days:g} days, ${sum(r.cost_usd for r in rows):,.2f} "
+        f"priced; {sum(r.estimated for r in rows):,} with tokens estimated from sizes (web apps)."
+    )
+    if unpriced:
+        names = ", ".join(
+            f"{r.provider}/{r.model or '(no model named)'} ({r.unpriced:,})" for r in unpriced
+        )
+        click.echo(
+            f"{sum(r.unpriced for r in unpriced):,} call(s) have no price, not guessed: {names}"
+        )
+
+
 if __name__ == "__main__":
     collector()

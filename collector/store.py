@@ -217,6 +217,24 @@ class PruneResult:
     usage: int
 
 
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """Metered calls of one provider's model over a period, summed. Token sums count only the
+    calls that reported them; ``cost_usd`` sums the priced calls, and ``unpriced`` counts the
+    calls with no price (an unknown model is never priced by guess)."""
+
+    provider: str
+    model: str | None  # None: the call did not name one
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    reasoning_tokens: int
+    estimated: int  # calls whose tokens were estimated from sizes (web apps)
+    cost_usd: float
+    unpriced: int
+
+
 class Store(Protocol):
     """What the server and the CLI need from storage."""
 
@@ -240,6 +258,7 @@ class Store(Protocol):
     def tokens(self) -> list[TokenRecord]: ...
     def revoke_token(self, token_id: str) -> bool: ...
     def prune(self, older_than: float) -> PruneResult: ...
+    def usage_by_model(self, since: float, until: float) -> list[ModelUsage]: ...
     def close(self) -> None: ...
 
 
@@ -572,6 +591,31 @@ class SqliteStore:
         with _translate("cannot revoke a token"), self._tx() as cur:
             cur.execute("UPDATE tokens SET revoked = 1 WHERE id = ? AND revoked = 0", (token_id,))
             return cur.rowcount == 1
+
+    # ------------------------------------------------------------------ reports
+
+    def usage_by_model(self, since: float, until: float) -> list[ModelUsage]:
+        """Calls started in [since, until) per provider and model, costliest first."""
+        with _translate("cannot read usage"):
+            rows = self._reader.execute(
+                """
+                SELECT provider, model, COUNT(*),
+                       TOTAL(input_tokens), TOTAL(output_tokens), TOTAL(cache_read_tokens),
+                       TOTAL(reasoning_tokens), TOTAL(estimated), TOTAL(cost_usd),
+                       TOTAL(cost_usd IS NULL)
+                FROM usage WHERE started >= ? AND started < ?
+                GROUP BY provider, model
+                ORDER BY TOTAL(cost_usd) DESC, COUNT(*) DESC, provider, model
+                """,
+                (since, until),
+            ).fetchall()
+        return [
+            ModelUsage(
+                r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7]), r[8],
+                int(r[9]),
+            )
+            for r in rows
+        ]  # fmt: skip
 
     # ------------------------------------------------------------------ retention
 

@@ -11,7 +11,6 @@ import socket
 import stat
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,48 +39,10 @@ from agent.records import UsageRecord
 from agent.spool import Spool
 from signatures.matcher import Matcher
 from tests.metering.meterkit import data
+from tests.records import make_usage_record
 
 CLIENT = ("127.0.0.1", 40001)
 PROXY = ("127.0.0.1", 8118)
-
-
-def make_usage_record(**overrides: Any) -> UsageRecord:
-    base = UsageRecord(
-        id="u1",
-        user="alice",
-        device="alice-laptop",
-        process_name="python3",
-        process_exe="/usr/bin/python3",
-        service_id="openai-api",
-        host="api.openai.com",
-        started=100.0,
-        ended=101.5,
-        provider="openai",
-        model="gpt-4o-mini",
-        operation="chat",
-        endpoint="chat_completions",
-        streaming=False,
-        input_tokens=21,
-        output_tokens=5,
-        cache_read_tokens=None,
-        cache_write_tokens=None,
-        reasoning_tokens=None,
-        estimated=False,
-        cost_usd=0.0001,
-        status_code=200,
-        deployment=None,
-        tags=(("team", "payments"),),
-        key_fingerprint="ab" * 32,
-        key_hint="sk-proj-...abcd",
-        data_class="restricted",
-        labels=(("finance.payment_card", 1),),
-        labels_truncated=False,
-        uploads=(("pdf", "document", 1, 4096),),
-        bytes_up=300,
-        bytes_down=500,
-        error=None,
-    )
-    return replace(base, **overrides)
 
 
 def chat_meter(detectors: Detectors | None = None, **headers: str) -> CallMeter:
