@@ -23,6 +23,11 @@ excluding the metering user's own traffic so the proxy does not loop::
     ip6tables -t nat -A OUTPUT -p tcp --dport 443 -m owner ! --uid-owner lantern-meter \
               -j REDIRECT --to-ports 8118
 
+mitmproxy reads each redirected connection's original destination (SO_ORIGINAL_DST) and the
+TLS SNI; only catalog hosts are intercepted, the rest is relayed as opaque TCP to where the
+client was going. REDIRECT sends IPv4 connections to 127.0.0.1 and IPv6 ones to ::1, so with
+the default ``listen_host`` (127.0.0.1) a transparent proxy listens on ::1 as well.
+
 When the agent runs as root the process runs as ``metering.user``: the code that parses
 untrusted TLS and HTTP holds no capabilities (no CAP_NET_RAW, no CAP_NET_ADMIN).
 """
@@ -77,7 +82,8 @@ def declare_options(options: Options) -> None:
             str,
             "regular",
             "regular: explicit/PAC proxy on listen_host:listen_port; transparent: Linux, "
-            "connections redirected by an iptables rule the admin adds.",
+            "connections redirected by an iptables rule the admin adds (also listens on ::1 "
+            "when listen_host is 127.0.0.1, for ip6tables' redirects).",
             choices=MODES,
         ),
         Option("metering.listen_host", str, "127.0.0.1", "Address the metering proxy listens on."),
@@ -149,6 +155,18 @@ class MeteringHealth:
     mode: str
     ca_fingerprint: str | None
     problems: tuple[str, ...] = ()
+
+
+def ipv6_loopback() -> bool:
+    """Whether this host (network namespace) has ::1 to listen on."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def _run_as(options: Options) -> tuple[int, int] | None:
@@ -238,16 +256,27 @@ class MeteringSupervisor:
             os.chown(self.paths.key_secret, *self.owner)
         return self.ca
 
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        """Where the proxy listens: ``listen``, and ::1 too for a transparent proxy on 127.0.0.1
+        (ip6tables' REDIRECT delivers there)."""
+        host, port = self.listen
+        addresses = [(host, port)]
+        if self.mode == "transparent" and host == "127.0.0.1" and ipv6_loopback():
+            addresses.append(("::1", port))
+        return addresses
+
     def command(self) -> list[str]:
         host, port = self.listen
+        if self.mode == "transparent":
+            # One mode spec per address (mitmproxy: MODE@HOST:PORT, HOST may be IPv6).
+            listen = [
+                a for h, p in self.listen_addresses() for a in ("--mode", f"transparent@{h}:{p}")
+            ]
+        else:
+            listen = ["--mode", self.mode, "--listen-host", host, "--listen-port", str(port)]
         return [
             str(self.mitmdump),
-            "--mode",
-            self.mode,
-            "--listen-host",
-            host,
-            "--listen-port",
-            str(port),
+            *listen,
             "-s",
             str(ADDON),
             # Invariant 1: no flow file, no flow output, errors only, no onboarding app.

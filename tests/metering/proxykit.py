@@ -143,14 +143,24 @@ class _AlpnServer(ThreadingHTTPServer):
         super().finish_request(request, client_address)
 
 
+class _AlpnServer6(_AlpnServer):
+    address_family = socket.AF_INET6
+
+
 class FakeProvider:
     """A threaded HTTPS server on 127.0.0.1 answering with `Reply` objects by path.
 
     It speaks HTTP/1.1, and HTTP/2 too when ``alpn`` offers ``h2`` (`tests.metering.h2server`).
+    ``bind`` picks another address (the namespace tests serve on 10.231.0.2:443 and fd31::2).
     """
 
     def __init__(
-        self, cert: Path, key: Path, route: Route, alpn: Sequence[str] = ("http/1.1",)
+        self,
+        cert: Path,
+        key: Path,
+        route: Route,
+        alpn: Sequence[str] = ("http/1.1",),
+        bind: tuple[str, int] = ("127.0.0.1", 0),
     ) -> None:
         self.route = route
         self.received: list[Received] = []
@@ -206,7 +216,8 @@ class FakeProvider:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
         ctx.set_alpn_protocols(list(alpn))
-        self.server = _AlpnServer(("127.0.0.1", 0), Handler)
+        server_class = _AlpnServer6 if ":" in bind[0] else _AlpnServer
+        self.server = server_class(bind, Handler)
         self.server.provider = self
         self.server.daemon_threads = True
         self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
@@ -276,22 +287,31 @@ class Meter:
 
 @contextmanager
 def running_meter(
-    upstream_port: int, upstream_ca: Path, work: Path, *, connection_strategy: str = "lazy"
+    upstream_port: int | None,
+    upstream_ca: Path,
+    work: Path,
+    *,
+    connection_strategy: str = "lazy",
+    mode: str = "regular",
+    listen_port: int | None = None,
 ) -> Iterator[Meter]:
     """The real metering stack on loopback; everything it writes lands under ``work``.
 
     ``connection_strategy="eager"`` (mitmproxy's default, the product's) connects upstream
     before answering the client's TLS handshake, so the client gets the ALPN the server chose.
+    ``upstream_port=None`` leaves upstream connections where the client meant them to go: only
+    inside a network namespace the test made (`tests.metering.netns_meter`).
     """
     venv = meter_venv()
     options = Options()
     state.declare_options(options)
     sup.declare_options(options)
-    port = free_port()
+    port = listen_port or free_port()
     for key, value in {
         "state.dir": str(work / "state"),
         "state.runtime_dir": str(work / "run"),
         "metering.enabled": True,
+        "metering.mode": mode,
         "metering.listen_port": port,
         "metering.venv": str(venv),
         "metering.user": meter_user(),
@@ -301,14 +321,16 @@ def running_meter(
     counters = Counters()
     st = state.StateDir.from_options(options)
     st.create()
+    redirect = (
+        ["-s", str(REDIRECT_ADDON), "--set", f"test_upstream_port={upstream_port}"]
+        if upstream_port is not None
+        else []
+    )
     supervisor = sup.MeteringSupervisor(
         options,
         counters,
         extra_args=[
-            "-s",
-            str(REDIRECT_ADDON),
-            "--set",
-            f"test_upstream_port={upstream_port}",
+            *redirect,
             "--set",
             f"ssl_verify_upstream_trusted_ca={upstream_ca}",
             "--set",

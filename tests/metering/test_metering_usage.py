@@ -358,3 +358,34 @@ def _restarts(tmp_path: Path, state: Any, sup: Any, Options: Any) -> None:  # no
     runs = (tmp_path / "meter" / "runs").read_text().splitlines()
     assert 3 <= len(runs) <= counters.get("metering.process.started")  # the last may be cut short
     assert json.dumps(h.listen) == '["127.0.0.1", 8118]'
+
+
+@pytest.mark.parametrize(
+    ("mode", "host", "listen"),
+    [
+        ("transparent", "127.0.0.1", ["transparent@127.0.0.1:8118", "transparent@::1:8118"]),
+        ("transparent", "10.0.0.1", ["transparent@10.0.0.1:8118"]),
+        ("regular", "127.0.0.1", ["regular"]),
+    ],
+)
+def test_a_transparent_proxy_listens_where_redirect_delivers(
+    mode: str, host: str, listen: list[str]
+) -> None:
+    """REDIRECT sends IPv4 to 127.0.0.1 and IPv6 to ::1: a transparent proxy on the default
+    loopback listens on both (where this host has ::1)."""
+    from agent import state
+    from agent.metering import supervisor as sup
+    from agent.options import Options
+
+    options = Options()
+    state.declare_options(options)
+    sup.declare_options(options)
+    options.set("metering.mode", mode, "test")
+    options.set("metering.listen_host", host, "test")
+    options.set("metering.user", "nobody", "test")
+    cmd = sup.MeteringSupervisor(options, Counters()).command()
+    modes = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--mode"]
+    if not sup.ipv6_loopback():
+        listen = [m for m in listen if "::1" not in m]
+    assert modes == listen
+    assert ("--listen-host" in cmd) is (mode == "regular")
