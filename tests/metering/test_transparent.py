@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.counters import Counters
 from agent.records import UsageRecord
@@ -127,13 +128,7 @@ def rule_packets(ns: NetnsPair, tool: str) -> int:
 
 def fingerprint(pem: Path) -> str:
     cert = x509.load_pem_x509_certificate(pem.read_bytes())
-    return hashlib.sha256(cert.public_bytes(serialization_der())).hexdigest()
-
-
-def serialization_der() -> Any:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return Encoding.DER
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
 def subject(pem: Path) -> str:
