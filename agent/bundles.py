@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -198,8 +198,7 @@ def poll_safely(client: BundleClient, transport: Transport) -> list[str]:
 def catalog_applier(set_matcher: Callable[[Any], None], extra_dirs: list[Path]) -> Apply:
     """Apply a catalog bundle: it replaces the built-in catalog (extra dirs still merge).
 
-    The new catalog is loaded (and so validated) before it is swapped in; a policy bundle is
-    kept for the collector-side policy engine and not evaluated on the agent.
+    The new catalog is loaded (and so validated) before it is swapped in.
     """
 
     def apply(kind: str, directory: Path) -> None:
@@ -214,5 +213,36 @@ def catalog_applier(set_matcher: Callable[[Any], None], extra_dirs: list[Path]) 
         except SignatureError as exc:
             raise BundleError(str(exc)) from exc
         set_matcher(Matcher(catalog.services))
+
+    return apply
+
+
+def prices_applier(set_prices: Callable[[Mapping[str, Any]], None]) -> Apply:
+    """Apply a policy bundle's ``prices:`` (the organisation's negotiated prices, see
+    ``agent.metering.cost.overrides_from_policy``): validated first, so a bad one is refused
+    and the last good prices stay. The rest of a policy is for the collector's policy engine.
+    """
+
+    def apply(kind: str, directory: Path) -> None:
+        if kind != "policy":
+            return
+        from agent.metering.cost import overrides_from_policy  # noqa: PLC0415
+        from agent.metering.exceptions import PricingError  # noqa: PLC0415
+
+        try:
+            overrides = overrides_from_policy(directory)
+        except PricingError as exc:
+            raise BundleError(str(exc)) from exc
+        set_prices(overrides)
+
+    return apply
+
+
+def all_of(*appliers: Apply) -> Apply:
+    """One Apply that runs each in turn (each looks at the kinds it knows)."""
+
+    def apply(kind: str, directory: Path) -> None:
+        for a in appliers:
+            a(kind, directory)
 
     return apply

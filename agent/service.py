@@ -7,13 +7,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from agent.attribution import Attributor, build_attributor
 from agent.attribution.sockets import Transport
-from agent.bundles import BundleClient, catalog_applier
+from agent.bundles import BundleClient, all_of, catalog_applier, prices_applier
 from agent.capture.pcapfile import PcapFileSource
 from agent.capture.source import PacketSource
 from agent.config import load_config
@@ -92,6 +93,10 @@ class Agent:
             options, self._on_session, bytes_source=bytes_source, counters=counters
         )
         self.live = live
+        # the organisation's prices from the policy bundle (provider/model -> PriceOverride),
+        # and the metering receiver that prices usage records with them, when metering runs
+        self.price_overrides: Mapping[str, Any] = {}
+        self.usage_receiver: Any = None
         # the capture thread adds sightings while housekeeping closes sessions
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -203,6 +208,15 @@ class Agent:
         while not self._stopping.wait(HOUSEKEEPING_SECONDS):
             self.housekeeping(time.monotonic())
 
+    def set_prices(self, overrides: Mapping[str, Any]) -> None:
+        """New organisation prices (a policy bundle): used from the next usage record on."""
+        self.price_overrides = overrides
+        receiver = self.usage_receiver
+        if receiver is not None:
+            from agent.metering.cost import Pricer  # noqa: PLC0415 - metering is optional
+
+            receiver.pricer = Pricer(overrides)  # one attribute store: old or new, never half
+
     def stop(self) -> None:
         self._stopping.set()
         stop = getattr(self.source, "stop", None)
@@ -288,7 +302,10 @@ def build_uploader(
 
     extra = [Path(d) for d in options["catalog.extra_dirs"]]
     bundles = BundleClient.from_options(
-        options, state.state, counters, catalog_applier(set_matcher, extra)
+        options,
+        state.state,
+        counters,
+        all_of(catalog_applier(set_matcher, extra), prices_applier(agent.set_prices)),
     )
     if bundles is not None:
         bundles.reapply()
@@ -336,6 +353,7 @@ def run_agent(config_path: Path | None, pcap: Path | None = None) -> int:
 def start_metering(agent: Agent) -> tuple[Any, Any]:
     """Usage metering: the mitmproxy process (its own venv, an unprivileged user) and the
     socket its addon reports on. Records are priced here, then spooled beside sessions."""
+    from agent.metering.cost import Pricer  # noqa: PLC0415
     from agent.metering.supervisor import MeteringSupervisor  # noqa: PLC0415 - optional
     from agent.metering.usage import UsageReceiver  # noqa: PLC0415
 
@@ -349,7 +367,9 @@ def start_metering(agent: Agent) -> tuple[Any, Any]:
         matcher=agent.matcher,
         counters=agent.counters,
         socket_owner=supervisor.owner,
+        pricer=Pricer(agent.price_overrides),
     )
+    agent.usage_receiver = receiver
     receiver.start()
     supervisor.start()
     return supervisor, receiver

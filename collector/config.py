@@ -137,6 +137,21 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds SIGTERM waits for in-flight requests before closing the store.",
         check=_positive,
     ),
+    Option(
+        "bundles.catalog_dir",
+        Path,
+        None,
+        "Directory of catalog YAML files sent to agents as the signed catalog bundle "
+        "(relative to the config file). Unset: the catalog built into Lantern.",
+    ),
+    Option(
+        "bundles.policy_dir",
+        Path,
+        None,
+        "Directory of the organisation's policy YAML files sent to agents as the signed "
+        "policy bundle, e.g. negotiated prices (relative to the config file). Unset: "
+        "Lantern's default policies folder.",
+    ),
 )
 
 
@@ -171,10 +186,19 @@ class Settings:
     workers: int
     max_concurrent_calls: int
     shutdown_grace: float
+    bundle_dirs: dict[str, Path]  # kind -> directory; a kind not here uses the built-in one
 
     @classmethod
     def from_options(cls, o: Options, base: Path) -> Settings:
         data_dir = o["data_dir"]
+        dirs = {
+            kind: (d if d.is_absolute() else base / d).resolve()
+            for kind, d in (
+                ("catalog", o["bundles.catalog_dir"]),
+                ("policy", o["bundles.policy_dir"]),
+            )
+            if d is not None
+        }
         return cls(
             data_dir=(data_dir if data_dir.is_absolute() else base / data_dir).resolve(),
             listen_host=o["listen.host"],
@@ -194,6 +218,7 @@ class Settings:
             workers=o["server.workers"],
             max_concurrent_calls=o["server.max_concurrent_calls"],
             shutdown_grace=o["server.shutdown_grace"],
+            bundle_dirs=dirs,
         )
 
 

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import Message
 
 from collector.api import lantern_pb2 as pb
-from collector.bundles import BundleSource
+from collector.bundles import DEFAULT_DIRS, BundleSource
 from collector.config import Settings
 from collector.convert import agent_info_from_pb, submit_to_batch
 from collector.exceptions import (
@@ -312,7 +312,9 @@ class Collector:
             settings.enroll_rate_burst,
             max_keys=settings.enroll_max_addresses,
         )
-        self.bundles = BundleSource(self.pki.signing_key, bundle_dirs)
+        self.bundles = BundleSource(
+            self.pki.signing_key, {**DEFAULT_DIRS, **settings.bundle_dirs, **(bundle_dirs or {})}
+        )
         self._servers: list[Any] = []
         self._stop = threading.Event()
         self._pruner: threading.Thread | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from agent.metering.exceptions import PricingError
@@ -105,6 +106,44 @@ def parse_overrides(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, PriceOver
         ):
             raise PricingError(f"price override {key!r}: cache prices need input/output prices")
         out[key] = override
+    return out
+
+
+def overrides_from_policy(directory: Path) -> dict[str, PriceOverride]:
+    """The organisation's prices from a policy bundle: the ``prices:`` mapping of each policy
+    file in ``directory`` (``*.yaml``), merged. A key given in two files, or any bad entry,
+    raises `PricingError` naming the file, so a bad policy is refused as a whole.
+
+        prices:
+          openai/gpt-4.1: {discount: 0.8}                       # 80% of the list price
+          anthropic/*: {input_per_mtok: 2.4, output_per_mtok: 12.0}
+    """
+    import yaml  # noqa: PLC0415 - the mitmproxy environment imports this module, without yaml
+
+    out: dict[str, PriceOverride] = {}
+    where: dict[str, str] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise PricingError(f"{path.name}: cannot read it: {exc}") from exc
+        if doc is None:
+            continue
+        if not isinstance(doc, Mapping):
+            raise PricingError(f"{path.name}: a policy file is a mapping at the top")
+        raw = doc.get("prices")
+        if raw is None:
+            continue
+        if not isinstance(raw, Mapping):
+            raise PricingError(f"{path.name}: prices: must map 'provider/model' to prices")
+        try:
+            found = parse_overrides(raw)
+        except PricingError as exc:
+            raise PricingError(f"{path.name}: {exc}") from exc
+        for key, override in found.items():
+            if key in out:
+                raise PricingError(f"{path.name}: price override {key!r} is also in {where[key]}")
+            out[key], where[key] = override, path.name
     return out
 
 
