@@ -230,10 +230,11 @@ def exercise(m: Meter) -> dict[str, UsageRecord]:
     got = post(m, "api.openai.com", "/v1/chat/completions", json.dumps(chat).encode(), openai)
     assert C["answer"].encode() in got  # the proxy forwards content untouched
 
-    # Streaming: the server holds its second event until the client has the first, so a proxy
-    # that buffered the response would stall here (and the test would time out).
+    # Streaming: the server holds its second event until the client has the first (for up to
+    # 15 s), so a proxy that buffered the response would stall here and the client's 10 s read
+    # timeout would fail the test.
     stream = {**chat, "stream": True, "stream_options": {"include_usage": True}}
-    conn = m.connect("api.openai.com")
+    conn = m.connect("api.openai.com", timeout=10.0)
     conn.request(
         "POST",
         "/v1/chat/completions",
