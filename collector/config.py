@@ -6,6 +6,7 @@ raises ``agent.exceptions.ConfigError`` naming the file, line, key and reason.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,22 @@ def _port(v: Any) -> str | None:
 
 def _positive(v: Any) -> str | None:
     return None if v > 0 else "must be greater than 0"
+
+
+# Agents renew when a third of their certificate's lifetime is left, so a lifetime of seconds
+# would have every agent renewing (a new key, a CA signature, a write) every few seconds.
+MIN_CLIENT_CERT_SECONDS = 20.0
+MIN_CLIENT_CERT_DAYS = MIN_CLIENT_CERT_SECONDS / 86400
+
+
+def _cert_days(v: Any) -> str | None:
+    if v >= MIN_CLIENT_CERT_DAYS:
+        return None
+    days = math.ceil(MIN_CLIENT_CERT_DAYS * 1e6) / 1e6  # rounded up, so it is enough as written
+    return (
+        f"must be at least {MIN_CLIENT_CERT_SECONDS:g} seconds ({days:.6f} days), not {v!r}: "
+        "agents renew when a third of it is left"
+    )
 
 
 def _hostnames(v: Any) -> str | None:
@@ -112,9 +129,9 @@ OPTIONS: tuple[Option, ...] = (
         "pki.client_cert_days",
         float,
         30.0,
-        "Validity of agent certificates (fractions allowed: 0.0003 is about 26 s); agents "
-        "renew, with a new key pair, when a third of it is left.",
-        check=_positive,
+        "Validity of agent certificates (fractions allowed: 0.0003 is about 26 s; the least "
+        "is 20 s, 0.000232); agents renew, with a new key pair, when a third of it is left.",
+        check=_cert_days,
     ),
     Option(
         "server.workers",
