@@ -27,8 +27,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -83,13 +84,29 @@ def _refuse_for_rate(context: Any, wait: float, who: str) -> NoReturn:
     _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"{who}; retry after {ms} ms")
 
 
+@contextmanager
+def _token_refusals(context: Any, what: str, unavailable: str) -> Iterator[None]:
+    """A refused token as its status (unknown: UNAUTHENTICATED; expired, used up, revoked:
+    PERMISSION_DENIED), a store failure as UNAVAILABLE."""
+    try:
+        yield
+    except TokenUnknownError as exc:
+        _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+    except TokenError as exc:
+        _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+    except StoreError as exc:
+        log.error("%s: %s", what, exc)
+        _abort(context, grpc.StatusCode.UNAVAILABLE, unavailable)
+
+
 class EnrollmentService:
     """``lantern.v1.Enrollment``: token + CSR → agent id and client certificate.
 
     Anyone may call it, so each client address has a token bucket (``limiter``), taken before
-    the token is looked up or the CSR signed: guessing tokens or making the CA sign costs the
-    caller its bucket. Refusals are logged at most once a minute, as a count, so a flood cannot
-    flood the log too."""
+    the token is looked up or the CSR signed: guessing tokens costs the caller its bucket. The
+    token is then checked (a read that spends nothing) before the CSR is parsed, so only a
+    token that can enrol makes the CA sign. Refusals are logged at most once a minute, as a
+    count, so a flood cannot flood the log too."""
 
     LOG_EVERY = 60.0
 
@@ -142,28 +159,29 @@ class EnrollmentService:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"agent.mode {details.mode!r} is not endpoint or gateway",
             )
+        token_hash = hash_token(req.token)
+        # A cheap read first, spending nothing, so a bad token costs the CA no work; the
+        # transaction after signing checks again and spends the use (a token spent or revoked
+        # in between is refused there with the same messages).
+        with _token_refusals(
+            context, "enrolment token not read", "the collector cannot read its store; retry"
+        ):
+            self.store.check_token(token_hash, time.time())
         agent_id = new_agent_id()
         try:
             cert = self.pki.issue_agent_certificate(req.csr_der, agent_id, self.cert_days)
         except PkiError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         not_after = cert.not_valid_after_utc.timestamp()
-        try:
+        with _token_refusals(context, "enrolment not stored", "the collector cannot store; retry"):
             self.store.enroll(
-                hash_token(req.token),
+                token_hash,
                 time.time(),
                 agent_id,
                 details,
                 format(cert.serial_number, "x"),
                 not_after,
             )
-        except TokenUnknownError as exc:
-            _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        except TokenError as exc:
-            _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except StoreError as exc:
-            log.error("enrolment not stored: %s", exc)
-            _abort(context, grpc.StatusCode.UNAVAILABLE, "the collector cannot store; retry")
         log.info("enrolled agent %s (%s)", agent_id, details.hostname)
         return pb.EnrollResponse(
             agent_id=agent_id,

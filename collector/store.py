@@ -251,6 +251,7 @@ class Store(Protocol):
         cert_serial: str,
         cert_not_after: float,
     ) -> None: ...
+    def check_token(self, token_hash: str, now: float) -> str: ...
     def renewed(self, agent_id: str, cert_serial: str, cert_not_after: float) -> None: ...
     def add_token(
         self, token_id: str, token_hash: str, now: float, ttl: float, uses: int
@@ -517,23 +518,12 @@ class SqliteStore:
         cert_serial: str,
         cert_not_after: float,
     ) -> None:
-        """Spend one use of the token and add the agent, atomically (TokenError says why not)."""
+        """Spend one use of the token and add the agent, atomically (TokenError says why not).
+
+        The server calls ``check_token`` before it signs; this checks again in the transaction
+        that spends the use, so a token spent or revoked in between is refused here."""
         with _translate("cannot enrol"), self._tx() as cur:
-            row = cur.execute(
-                "SELECT id, expires_at, uses_left, revoked FROM tokens WHERE hash = ?",
-                (token_hash,),
-            ).fetchone()
-            if row is None:
-                raise TokenUnknownError("the enrolment token is not known to this collector")
-            token_id, expires_at, uses_left, revoked = row
-            if revoked:
-                raise TokenRevokedError(f"the enrolment token {token_id} has been revoked")
-            if expires_at <= now:
-                raise TokenExpiredError(
-                    f"the enrolment token {token_id} expired at {_iso(expires_at)}"
-                )
-            if uses_left <= 0:
-                raise TokenUsedUpError(f"the enrolment token {token_id} has no uses left")
+            token_id = _usable_token(cur.execute(_TOKEN_SELECT, (token_hash,)).fetchone(), now)
             cur.execute(
                 "UPDATE tokens SET uses_left = uses_left - 1, used = used + 1 WHERE id = ?",
                 (token_id,),
@@ -557,6 +547,13 @@ class SqliteStore:
                     token_id,
                 ),
             )
+
+    def check_token(self, token_hash: str, now: float) -> str:
+        """The id of the token if it could enrol an agent now, spending nothing (TokenError
+        says why not): one indexed read, so a bad token is refused before the CA signs."""
+        with _translate("cannot read tokens"):
+            row = self._reader.execute(_TOKEN_SELECT, (token_hash,)).fetchone()
+        return _usable_token(tuple(row) if row is not None else None, now)
 
     def renewed(self, agent_id: str, cert_serial: str, cert_not_after: float) -> None:
         with _translate("cannot record a renewal"), self._tx() as cur:
@@ -674,6 +671,23 @@ def _agent(r: sqlite3.Row) -> AgentRecord:
         spool_dropped=r["spool_dropped"],
         revoked=bool(r["revoked"]),
     )
+
+
+_TOKEN_SELECT = "SELECT id, expires_at, uses_left, revoked FROM tokens WHERE hash = ?"
+
+
+def _usable_token(row: tuple[str, float, int, int] | None, now: float) -> str:
+    """The token's id, or the TokenError that says why it cannot enrol an agent now."""
+    if row is None:
+        raise TokenUnknownError("the enrolment token is not known to this collector")
+    token_id, expires_at, uses_left, revoked = row
+    if revoked:
+        raise TokenRevokedError(f"the enrolment token {token_id} has been revoked")
+    if expires_at <= now:
+        raise TokenExpiredError(f"the enrolment token {token_id} expired at {_iso(expires_at)}")
+    if uses_left <= 0:
+        raise TokenUsedUpError(f"the enrolment token {token_id} has no uses left")
+    return token_id
 
 
 def _iso(ts: float) -> str:

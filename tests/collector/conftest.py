@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from agent.records import Session
@@ -52,6 +53,33 @@ def make_batch(n: int = 3, batch_id: str | None = None, **overrides: Any) -> pb.
     )
 
 
+class RefusedError(Exception):
+    """What ``FakeContext.abort`` raises: ``args`` are the status code and the message."""
+
+
+class FakeContext:
+    """The part of a gRPC servicer context the collector's services use, without a network."""
+
+    def __init__(
+        self, peer: str = "ipv4:192.0.2.1:4000", auth: dict[str, list[bytes]] | None = None
+    ):
+        self._peer = peer
+        self._auth = auth or {}
+        self.trailers: tuple[tuple[str, str], ...] = ()
+
+    def peer(self) -> str:
+        return self._peer
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._auth
+
+    def set_trailing_metadata(self, md: tuple[tuple[str, str], ...]) -> None:
+        self.trailers = md
+
+    def abort(self, code: grpc.StatusCode, message: str) -> None:
+        raise RefusedError(code, message)
+
+
 def submit(agent: AgentIdentity, req: pb.SubmitRequest, **kw: Any) -> pb.SubmitResponse:
     with agent.ingest_channel(**kw) as ch:
         resp: pb.SubmitResponse = pbg.IngestStub(ch).Submit(req, timeout=30)
@@ -64,6 +92,8 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorPro
         tmp_path_factory.mktemp("shared"),
         rate_limit_per_second=1000.0,
         rate_limit_burst=1000,
+        rate_limit_enroll_per_second=1000.0,  # the tests here enrol many agents from one address
+        rate_limit_enroll_burst=1000,
         limits_max_message_bytes=256 * 1024,
         limits_max_batch_events=100,
     ) as c:

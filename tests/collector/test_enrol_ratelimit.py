@@ -17,6 +17,7 @@ from collector.ratelimit import RateLimiter, peer_address
 from collector.server import EnrollmentService
 from collector.store import open_store
 from collector.testing import enroll_agent, enroll_channel, new_key_and_csr, running_collector
+from tests.collector.conftest import FakeContext, RefusedError
 
 
 class Clock:
@@ -103,25 +104,6 @@ def test_the_peer_key_is_the_address_or_the_ipv6_slash_64(peer: str, key: str) -
 
 
 # ---------------------------------------------------------------- the service, without a network
-
-
-class RefusedError(Exception):
-    pass
-
-
-class FakeContext:
-    def __init__(self, peer: str) -> None:
-        self._peer = peer
-        self.trailers: tuple[tuple[str, str], ...] = ()
-
-    def peer(self) -> str:
-        return self._peer
-
-    def set_trailing_metadata(self, md: tuple[tuple[str, str], ...]) -> None:
-        self.trailers = md
-
-    def abort(self, code: grpc.StatusCode, message: str) -> None:
-        raise RefusedError(code, message)
 
 
 def test_refusals_are_logged_once_a_minute_as_a_count_without_the_token(

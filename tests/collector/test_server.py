@@ -20,6 +20,7 @@ from collector.testing import (
     AgentIdentity,
     CollectorProcess,
     enroll_agent,
+    enroll_channel,
     new_key_and_csr,
     running_collector,
 )
@@ -95,6 +96,37 @@ def test_refused_tokens_say_why(
 ) -> None:
     token = make_token(collector)  # type: ignore[operator]
     err = rpc_error(enroll_agent, collector, token)
+    assert err.code() == code
+    assert message in (err.details() or "")
+
+
+def used_up_token(c: CollectorProcess) -> str:
+    token = c.create_token("1h")
+    enroll_agent(c, token)
+    return token
+
+
+@pytest.mark.parametrize(
+    ("make_token", "code", "message"),
+    [
+        (lambda c: c.create_token(-10), grpc.StatusCode.PERMISSION_DENIED, "expired at"),
+        (lambda c: "lnt_deadbeef_guessed", grpc.StatusCode.UNAUTHENTICATED, "not known"),
+        (revoked_token, grpc.StatusCode.PERMISSION_DENIED, "has been revoked"),
+        (used_up_token, grpc.StatusCode.PERMISSION_DENIED, "no uses left"),
+    ],
+    ids=["expired", "unknown", "revoked", "used-up"],
+)
+def test_a_bad_token_is_refused_before_the_csr_is_read(
+    collector: CollectorProcess, make_token: object, code: grpc.StatusCode, message: str
+) -> None:
+    # The CSR is junk: had the collector parsed it (let alone signed it) before looking at the
+    # token, the answer would be INVALID_ARGUMENT about the CSR.
+    token = make_token(collector)  # type: ignore[operator]
+    with enroll_channel(collector) as ch:
+        err = rpc_error(
+            pbg.EnrollmentStub(ch).Enroll,
+            pb.EnrollRequest(token=token, csr_der=b"junk", agent=pb.AgentInfo(hostname="h")),
+        )
     assert err.code() == code
     assert message in (err.details() or "")
 
