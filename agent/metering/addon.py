@@ -34,6 +34,7 @@ from agent.metering.channel import ChannelSender
 from agent.metering.detect import DEFAULT_MAX_SCAN_BYTES, Detectors
 from agent.metering.hosts import intercept_rules, should_intercept
 from agent.metering.identity import HEADERS_TO_STRIP
+from agent.metering.lifeline import end_with_parent
 from agent.metering.meter import CallMeter
 from signatures.loader import load_catalog
 from signatures.matcher import Matcher
@@ -67,9 +68,12 @@ class LanternMeter:
         add("lantern_key_secret", str, "", "File holding the device secret for key fingerprints.")
         add("lantern_catalog_dirs", Sequence[str], [], "Extra catalog directories.")
         add("lantern_max_scan_bytes", int, DEFAULT_MAX_SCAN_BYTES, "Request bytes scanned.")
+        add("lantern_agent_pid", int, 0, "The agent's pid: this process ends when it does.")
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
+        if "lantern_agent_pid" in updated and opts.lantern_agent_pid > 0:
+            end_with_parent(opts.lantern_agent_pid)
         if self.matcher is None or "lantern_catalog_dirs" in updated:
             dirs = [Path(d) for d in opts.lantern_catalog_dirs]
             self.matcher = Matcher(load_catalog(dirs).services)

@@ -292,6 +292,8 @@ class MeteringSupervisor:
             f"lantern_channel={self.paths.socket}",
             "--set",
             f"lantern_key_secret={self.paths.key_secret}",
+            "--set",
+            f"lantern_agent_pid={os.getpid()}",  # it ends when the agent does (lifeline.py)
             *self.extra_args,
         ]
 
