@@ -134,6 +134,16 @@ OPTIONS: tuple[Option, ...] = (
         check=_cert_days,
     ),
     Option(
+        "pki.replaced_cert_grace_seconds",
+        float,
+        600.0,
+        "After renewal, how long the certificate it replaced is still accepted once the agent "
+        "has called with its new one (calls in flight on the old connection). Until that "
+        "first call the old one stays valid, so an agent that missed the renewal's answer "
+        "can retry.",
+        check=_positive,
+    ),
+    Option(
         "server.workers",
         int,
         32,
@@ -200,6 +210,7 @@ class Settings:
     max_message_bytes: int
     max_batch_events: int
     client_cert_days: float
+    replaced_cert_grace: float
     workers: int
     max_concurrent_calls: int
     shutdown_grace: float
@@ -232,6 +243,7 @@ class Settings:
             max_message_bytes=o["limits.max_message_bytes"],
             max_batch_events=o["limits.max_batch_events"],
             client_cert_days=o["pki.client_cert_days"],
+            replaced_cert_grace=o["pki.replaced_cert_grace_seconds"],
             workers=o["server.workers"],
             max_concurrent_calls=o["server.max_concurrent_calls"],
             shutdown_grace=o["server.shutdown_grace"],

@@ -10,6 +10,7 @@ Hierarchy::
     │   ├── TokenUsedUpError     no uses left
     │   └── TokenRevokedError    revoked by an operator
     ├── AgentRefusedError    the agent is unknown or revoked
+    │   └── CertificateReplacedError  it called with a certificate renewal has replaced
     ├── BadRequestError      a request is malformed; the message says which field and why
     ├── StoreError           the store cannot read or write
     └── BundleError          a bundle cannot be built
@@ -52,6 +53,10 @@ class TokenRevokedError(TokenError):
 
 class AgentRefusedError(CollectorError):
     """The calling agent is unknown to this collector or has been revoked."""
+
+
+class CertificateReplacedError(AgentRefusedError):
+    """The agent called with a certificate that renewal has replaced."""
 
 
 class BadRequestError(CollectorError):

@@ -14,11 +14,12 @@ fingerprint (``collector.ca_sha256``) finds the CA in the handshake.
 
 Every mutual-TLS call then takes the agent id from the peer certificate (``auth_context``), never
 from the message, and checks it against the store on each call (gRPC's TLS checks no CRL), so a
-revoked agent is refused at once. Per-agent token buckets (and, on the enrolment port, per
-client address ones) answer RESOURCE_EXHAUSTED with a ``retry-after-ms`` trailer; requests
-above ``limits.max_message_bytes`` are refused by gRPC with RESOURCE_EXHAUSTED before they are
-parsed. Validated batches are stored by a child process (``collector.ingest``) so that SQLite
-and the gRPC work each get a core.
+revoked agent is refused at once; so is a certificate that renewal replaced, once the agent has
+used its new one for ``pki.replaced_cert_grace_seconds`` (``AgentGate``). Per-agent token
+buckets (and, on the enrolment port, per client address ones) answer RESOURCE_EXHAUSTED with a
+``retry-after-ms`` trailer; requests above ``limits.max_message_bytes`` are refused by gRPC with
+RESOURCE_EXHAUSTED before they are parsed. Validated batches are stored by a child process
+(``collector.ingest``) so that SQLite and the gRPC work each get a core.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import Message
 
@@ -43,8 +45,10 @@ from collector.bundles import DEFAULT_DIRS, BundleSource
 from collector.config import Settings
 from collector.convert import agent_info_from_pb, submit_to_batch
 from collector.exceptions import (
+    AgentRefusedError,
     BadRequestError,
     BundleError,
+    CertificateReplacedError,
     PkiError,
     StoreError,
     TokenError,
@@ -53,7 +57,7 @@ from collector.exceptions import (
 from collector.ingest import IngestProcess
 from collector.pki import Pki, init_pki, is_initialised, load_pki, new_agent_id
 from collector.ratelimit import RateLimiter, peer_address
-from collector.store import SqliteStore, Store, open_store
+from collector.store import AgentRecord, SqliteStore, Store, open_store
 from collector.tokens import hash_token
 
 log = logging.getLogger("lantern.collector")
@@ -194,19 +198,59 @@ class EnrollmentService:
         )
 
 
-class AgentGate:
-    """Who is calling, from the TLS peer certificate, checked against the store on every call."""
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An agent the gate let in, and the serial (hex) of the certificate it called with."""
 
-    def __init__(self, store: Store, limiter: RateLimiter) -> None:
+    agent_id: str
+    cert_serial: str
+
+
+def replaced_certificate(agent: AgentRecord, serial: str, now: float, grace: float) -> bool:
+    """Whether ``serial`` is a certificate of ``agent`` that renewal has replaced for good.
+
+    Accepted: the current certificate, and the one it replaced until ``grace`` seconds after
+    the agent first called with the current one. Until that first call the agent may hold
+    only the old one (the renewal's answer was lost, or it crashed before switching), so the
+    old one stays accepted. Any other serial was replaced longer ago, or never handed out."""
+    if serial == agent.cert_serial:
+        return False
+    if serial != agent.prev_cert_serial:
+        return True
+    return agent.cert_first_used_at is not None and now - agent.cert_first_used_at >= grace
+
+
+class AgentGate:
+    """Who is calling, from the TLS peer certificate, checked against the store on every call:
+    the agent id (enrolled, not revoked) and the certificate's serial (not replaced by
+    renewal: gRPC's TLS accepts any unexpired certificate from our CA)."""
+
+    def __init__(
+        self,
+        store: Store,
+        limiter: RateLimiter,
+        replaced_grace: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.limiter = limiter
+        self.replaced_grace = replaced_grace
+        self.clock = clock
 
     def agent_id(self, context: Any) -> str:
+        return self.caller(context).agent_id
+
+    def caller(self, context: Any) -> Caller:
         auth = context.auth_context()
         names = auth.get("x509_common_name") or []
-        if len(names) != 1:
+        pems = auth.get("x509_pem_cert") or []
+        if len(names) != 1 or len(pems) != 1:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
         agent_id: str = names[0].decode("utf-8", "replace")
+        try:
+            serial = format(x509.load_pem_x509_certificate(pems[0]).serial_number, "x")
+        except ValueError:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, "unreadable client certificate")
         try:
             agent = self.store.agent(agent_id)
         except StoreError as exc:
@@ -220,10 +264,34 @@ class AgentGate:
             )
         if agent.revoked:
             _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"agent {agent_id} is revoked")
+        now = self.clock()
+        if replaced_certificate(agent, serial, now, self.replaced_grace):
+            _abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the certificate {serial} of agent {agent_id} was replaced by renewal; "
+                "connect with the current one",
+            )
+        if (
+            serial == agent.cert_serial
+            and agent.prev_cert_serial is not None
+            and agent.cert_first_used_at is None
+        ):
+            self._first_use(agent_id, serial, now)
         wait = self.limiter.take(agent_id)
         if wait > 0:
             _refuse_for_rate(context, wait, f"agent {agent_id} is over its rate limit")
-        return agent_id
+        return Caller(agent_id, serial)
+
+    def _first_use(self, agent_id: str, serial: str, now: float) -> None:
+        """The agent holds its renewed certificate: start the old one's grace period. Once per
+        renewal; if it cannot be written the next call tries again, and meanwhile the old
+        certificate stays accepted, as it was a moment ago."""
+        try:
+            if self.store.cert_in_use(agent_id, serial, now):
+                log.info("agent %s calls with its renewed certificate %s", agent_id, serial)
+        except StoreError as exc:
+            log.error("first use of agent %s's renewed certificate not stored: %s", agent_id, exc)
 
 
 class IngestService:
@@ -268,14 +336,25 @@ class IngestService:
         )
 
     def Renew(self, req: pb.RenewRequest, context: Any) -> pb.RenewResponse:  # noqa: N802
-        agent_id = self.gate.agent_id(context)
+        caller = self.gate.caller(context)
+        agent_id = caller.agent_id
         try:
             cert = self.pki.issue_agent_certificate(req.csr_der, agent_id, self.cert_days)
         except PkiError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         not_after = cert.not_valid_after_utc.timestamp()
         try:
-            self.store.renewed(agent_id, format(cert.serial_number, "x"), not_after)
+            self.store.renewed(
+                agent_id,
+                caller.cert_serial,
+                format(cert.serial_number, "x"),
+                not_after,
+                time.time(),
+            )
+        except CertificateReplacedError as exc:  # a renewal racing this one won
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except AgentRefusedError as exc:  # revoked since the gate looked
+            _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except StoreError as exc:
             log.error("renewal of %s not stored: %s", agent_id, exc)
             _abort(context, grpc.StatusCode.UNAVAILABLE, "the collector cannot store; retry")
@@ -353,7 +432,7 @@ class Collector:
 
     def start(self) -> Bound:
         s = self.settings
-        gate = AgentGate(self.store, self.limiter)
+        gate = AgentGate(self.store, self.limiter, s.replaced_cert_grace)
         enroll = EnrollmentService(self.pki, self.store, s.client_cert_days, self.enroll_limiter)
         self.ingest = IngestProcess(self.store.path)
         ingest = IngestService(

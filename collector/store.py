@@ -37,6 +37,8 @@ import sqlite_utils
 
 from collector.convert import AgentDetails, HeartbeatRow, IngestBatch
 from collector.exceptions import (
+    AgentRefusedError,
+    CertificateReplacedError,
     StoreError,
     TokenExpiredError,
     TokenRevokedError,
@@ -147,6 +149,13 @@ MIGRATIONS: tuple[str, ...] = (
         revoked INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 2: the certificate that renewal replaced, accepted until a grace period after the agent
+    # first calls with its new one (collector.server.AgentGate).
+    """
+    ALTER TABLE agents ADD COLUMN prev_cert_serial TEXT;
+    ALTER TABLE agents ADD COLUMN cert_renewed_at REAL;
+    ALTER TABLE agents ADD COLUMN cert_first_used_at REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 GROUP_MAX_EVENTS = 20_000  # most events one group commit takes
@@ -198,6 +207,12 @@ class AgentRecord:
     spool_rows: int
     spool_dropped: int
     revoked: bool
+    # Renewal: the certificate the current one replaced (None: never renewed), when, and when
+    # the agent first called with the current one (None: not yet, so it may still hold only the
+    # one it replaced).
+    prev_cert_serial: str | None
+    cert_renewed_at: float | None
+    cert_first_used_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +267,15 @@ class Store(Protocol):
         cert_not_after: float,
     ) -> None: ...
     def check_token(self, token_hash: str, now: float) -> str: ...
-    def renewed(self, agent_id: str, cert_serial: str, cert_not_after: float) -> None: ...
+    def renewed(
+        self,
+        agent_id: str,
+        presented_serial: str,
+        cert_serial: str,
+        cert_not_after: float,
+        now: float,
+    ) -> None: ...
+    def cert_in_use(self, agent_id: str, cert_serial: str, now: float) -> bool: ...
     def add_token(
         self, token_id: str, token_hash: str, now: float, ttl: float, uses: int
     ) -> None: ...
@@ -555,12 +578,57 @@ class SqliteStore:
             row = self._reader.execute(_TOKEN_SELECT, (token_hash,)).fetchone()
         return _usable_token(tuple(row) if row is not None else None, now)
 
-    def renewed(self, agent_id: str, cert_serial: str, cert_not_after: float) -> None:
+    def renewed(
+        self,
+        agent_id: str,
+        presented_serial: str,
+        cert_serial: str,
+        cert_not_after: float,
+        now: float,
+    ) -> None:
+        """Record ``cert_serial`` as the agent's certificate, issued by a renewal asked for
+        with ``presented_serial`` (AgentRefusedError, and nothing recorded, if that one may no
+        longer renew).
+
+        Renewing with the current certificate makes it the previous one. Renewing with the
+        previous one is an agent that never got (or never stored) the last renewal's answer:
+        allowed while the current certificate has never been used, which then is dropped, and
+        the previous one stays the previous one. Checked in the write transaction, so two
+        renewals racing cannot both replace the same certificate."""
         with _translate("cannot record a renewal"), self._tx() as cur:
+            row = cur.execute(
+                "SELECT cert_serial, prev_cert_serial, cert_first_used_at, revoked "
+                "FROM agents WHERE id = ?",
+                (agent_id,),
+            ).fetchone()
+            if row is None:
+                raise AgentRefusedError(f"agent {agent_id} is not enrolled here")
+            current, previous, first_used, revoked = row
+            if revoked:
+                raise AgentRefusedError(f"agent {agent_id} is revoked")
+            if presented_serial == current:
+                previous = current
+            elif presented_serial != previous or first_used is not None:
+                raise CertificateReplacedError(
+                    f"the certificate {presented_serial} of agent {agent_id} was replaced by "
+                    "renewal; renew with the current one"
+                )
             cur.execute(
-                "UPDATE agents SET cert_serial = ?, cert_not_after = ?, last_seen = ? WHERE id = ?",
-                (cert_serial, cert_not_after, time.time(), agent_id),
+                "UPDATE agents SET cert_serial = ?, cert_not_after = ?, prev_cert_serial = ?, "
+                "cert_renewed_at = ?, cert_first_used_at = NULL, last_seen = ? WHERE id = ?",
+                (cert_serial, cert_not_after, previous, now, now, agent_id),
             )
+
+    def cert_in_use(self, agent_id: str, cert_serial: str, now: float) -> bool:
+        """Note the first call made with a renewed certificate (from then on the one it
+        replaced has a grace period left); True if this call was the first."""
+        with _translate("cannot record a certificate's first use"), self._tx() as cur:
+            cur.execute(
+                "UPDATE agents SET cert_first_used_at = ? WHERE id = ? AND cert_serial = ? "
+                "AND prev_cert_serial IS NOT NULL AND cert_first_used_at IS NULL",
+                (now, agent_id, cert_serial),
+            )
+            return cur.rowcount == 1
 
     # ------------------------------------------------------------------ tokens
 
@@ -670,6 +738,9 @@ def _agent(r: sqlite3.Row) -> AgentRecord:
         spool_rows=r["spool_rows"],
         spool_dropped=r["spool_dropped"],
         revoked=bool(r["revoked"]),
+        prev_cert_serial=r["prev_cert_serial"],
+        cert_renewed_at=r["cert_renewed_at"],
+        cert_first_used_at=r["cert_first_used_at"],
     )
 
 
