@@ -2,7 +2,9 @@
 
 One loopback HTTPS "provider" (answering for api.openai.com with its own test CA), the real
 mitmdump + Lantern addon under `MeteringSupervisor`, the agent's receiver and spool, all from
-the canary test's kit. Each case runs DIRECT (client → server), PROXY (client → proxy →
+the canary test's kit. The provider, and the agent side (supervisor, mitmdump, receiver and
+spool), each run in a process of their own, as they would on a device: none of them takes the
+client's interpreter lock. Each case runs DIRECT (client → server), PROXY (client → proxy →
 server) and MITMPROXY (the same mitmdump from the same environment without Lantern's addon:
 what mitmproxy itself adds) in the same run, sequentially, one keep-alive connection per side:
 
@@ -21,6 +23,7 @@ and how much of it is mitmproxy's own (MITMPROXY - DIRECT) and how much Lantern'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import socket
@@ -38,7 +41,6 @@ from agent.metering.venv import mitmdump_path
 from tests.metering.proxykit import (
     REDIRECT_ADDON,
     FakeProvider,
-    Meter,
     Received,
     Reply,
     free_port,
@@ -48,6 +50,8 @@ from tests.metering.proxykit import (
     running_meter,
     shared_workdir,
 )
+
+WARMUP = 50  # per connection: TLS, leaf certificates, first-call imports in the addon
 
 HOST = "api.openai.com"
 CHAT = json.dumps(
@@ -133,7 +137,7 @@ def run_case(
 ) -> tuple[list[float], float]:
     conn = make()
     body = request_body(kind)
-    for _ in range(5):  # warm up: TLS, leaf cert generation, connection reuse
+    for _ in range(WARMUP):
         one(conn, body, kind == "ttfb")
     times = []
     start = time.perf_counter()
@@ -188,39 +192,92 @@ def bare_mitmproxy(upstream_port: int, upstream_ca: Path, work: Path) -> Iterato
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--role", choices=("provider", "meter"), help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.role == "provider":
+        return serve_provider(args.work)
+    if args.role == "meter":
+        return serve_meter(args.work, args.upstream_port)
     work = shared_workdir()
     try:
         up = work / "upstream"
         up.mkdir()
         up.chmod(0o755)
-        ca, cert, key = make_server_pki(up, [HOST])
+        ca, _, _ = make_server_pki(up, [HOST])
         with (
-            FakeProvider(cert, key, route) as server,
-            running_meter(server.port, ca, work) as m,
-            bare_mitmproxy(server.port, ca, work) as bare,
+            _child("provider", work) as (provider, server_port),
+            _child("meter", work, "--upstream-port", server_port) as (meter, meter_out),
+            bare_mitmproxy(int(server_port), ca, work) as bare,
         ):
-            report(m, bare, server, ca, args.requests)
+            proxy_port, client_ca = meter_out.split()
+            report((int(proxy_port), Path(client_ca)), bare, int(server_port), ca, args.requests)
+            meter.stdin.close()  # type: ignore[union-attr]  # the meter stops and counts
+            records = meter.stdout.readline().split()  # type: ignore[union-attr]
+            print(f"usage records spooled: {records[-1]} (expected {3 * (args.requests + WARMUP)})")
+            del provider
     finally:
         remove_workdir(work)
     return 0
 
 
-def report(m: Meter, bare: tuple[int, Path], server: FakeProvider, ca: Path, n: int) -> None:
+@contextmanager
+def _child(role: str, work: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """This script in another role; yields the process and the first line it prints."""
+    cmd = [sys.executable, __file__, "--role", role, "--work", str(work), *extra]
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            line = proc.stdout.readline().strip() if proc.stdout else ""
+            if not line:
+                raise SystemExit(f"the {role} process did not start")
+            yield proc, line
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(30)
+
+
+def serve_provider(work: Path) -> int:
+    up = work / "upstream"
+    cert, key = up / "server.pem", up / "server-key.pem"  # as make_server_pki names them
+    with FakeProvider(cert, key, route) as server:
+        print(server.port, flush=True)
+        sys.stdin.read()  # until the benchmark closes our stdin (or terminates us)
+    return 0
+
+
+def serve_meter(work: Path, upstream_port: int) -> int:
+    ca = work / "upstream" / "upstream-ca.pem"
+    with running_meter(upstream_port, ca, work) as m:
+        print(m.proxy_port, m.client_ca, flush=True)
+        sys.stdin.read()
+        m.supervisor.stop()  # flushes the addon's channel before the receiver stops
+        with contextlib.suppress(Exception):
+            time.sleep(0.5)
+        print("records", len(m.spool.usage_records()), flush=True)
+    return 0
+
+
+def report(
+    meter: tuple[int, Path], bare: tuple[int, Path], server_port: int, ca: Path, n: int
+) -> None:
     def direct() -> http.client.HTTPSConnection:
         ctx = ssl.create_default_context(cafile=str(ca))
         ctx.check_hostname = False  # the cert names api.openai.com; we dial 127.0.0.1
-        return http.client.HTTPSConnection("127.0.0.1", server.port, context=ctx, timeout=30)
+        return http.client.HTTPSConnection("127.0.0.1", server_port, context=ctx, timeout=30)
 
-    def proxied() -> http.client.HTTPSConnection:
-        return m.connect(HOST, timeout=30)
+    def through(proxy: tuple[int, Path]) -> Callable[[], http.client.HTTPSConnection]:
+        def connect() -> http.client.HTTPSConnection:
+            port, proxy_ca = proxy
+            ctx = ssl.create_default_context(cafile=str(proxy_ca))
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+            conn.set_tunnel(HOST, 443)
+            return conn
 
-    def mitmproxy_only() -> http.client.HTTPSConnection:
-        port, bare_ca = bare
-        ctx = ssl.create_default_context(cafile=str(bare_ca))
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
-        conn.set_tunnel(HOST, 443)
-        return conn
+        return connect
+
+    proxied, mitmproxy_only = through(meter), through(bare)
 
     rows = []
     for kind in ("chat", "stream", "ttfb"):
@@ -242,10 +299,6 @@ def report(m: Meter, bare: tuple[int, Path], server: FakeProvider, ca: Path, n: 
                 "addon": "proxy - mitmproxy alone",
             }[name]
             print(f"{kind:8} {name:9} {a50:8.2f} {a99:8.2f}   ({label}, {what})")
-    m.supervisor.stop()
-    time.sleep(0.5)
-    recs = len(m.spool.usage_records())
-    print(f"usage records spooled: {recs} (expected {3 * (n + 5)})")
 
 
 if __name__ == "__main__":
