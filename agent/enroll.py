@@ -196,15 +196,7 @@ class IdentityStore:
 
     def save(self, issued: Issued, ca_pem: bytes) -> Identity:
         """Store a certificate for our key (CA first: a crash leaves no cert without its CA)."""
-        key = self.private_key()
-        try:
-            cert = x509.load_pem_x509_certificate(issued.certificate_pem)
-        except ValueError as exc:
-            raise EnrollmentError(
-                f"the collector returned an unreadable certificate: {exc}"
-            ) from exc
-        if not _same_key(cert, key):
-            raise EnrollmentError("the collector returned a certificate for another key")
+        _check_issued(issued, self.private_key())
         _write_atomic(self.ca, ca_pem, 0o644)
         if issued.agent_id:
             _write_atomic(self.agent_id, issued.agent_id.encode() + b"\n", 0o644)
@@ -218,14 +210,7 @@ class IdentityStore:
 
         EnrollmentError when the certificate is not for ``key`` or cannot be stored; the old
         pair then stays in place and usable."""
-        try:
-            cert = x509.load_pem_x509_certificate(issued.certificate_pem)
-        except ValueError as exc:
-            raise EnrollmentError(
-                f"the collector returned an unreadable certificate: {exc}"
-            ) from exc
-        if not _same_key(cert, key):
-            raise EnrollmentError("the collector returned a certificate for another key")
+        _check_issued(issued, key)
         try:
             # Staged, in this order: a staged key means "not committed" to _settle_replacement.
             _write_atomic(self.next_cert, issued.certificate_pem, 0o644)
@@ -289,6 +274,16 @@ def _sync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _check_issued(issued: Issued, key: ec.EllipticCurvePrivateKey) -> None:
+    """EnrollmentError unless the collector's certificate is readable and for ``key``."""
+    try:
+        cert = x509.load_pem_x509_certificate(issued.certificate_pem)
+    except ValueError as exc:
+        raise EnrollmentError(f"the collector returned an unreadable certificate: {exc}") from exc
+    if not _same_key(cert, key):
+        raise EnrollmentError("the collector returned a certificate for another key")
 
 
 def _same_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from agent.counters import Counters
-from agent.records import Session
 from agent.spool import (
     MIGRATIONS,
     Batch,
@@ -31,33 +30,9 @@ from agent.spool import (
     session_from_json,
     session_to_json,
 )
+from tests.records import make_session
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def make_session(**overrides: Any) -> Session:
-    base: dict[str, Any] = {
-        "id": "s1",
-        "version": 1,
-        "user": "alice",
-        "device": "laptop-1",
-        "tool": "ChatGPT",
-        "service_id": "openai-chatgpt",
-        "category": "assistant",
-        "process_name": "firefox",
-        "process_exe": "/usr/lib/firefox/firefox",
-        "parent_name": "systemd",
-        "first_seen": 1000.0,
-        "last_seen": 1010.0,
-        "connections": 2,
-        "hostnames": ("chatgpt.com",),
-        "seen_as": ("dns", "tls"),
-        "bytes_up": 1200,
-        "bytes_down": 54000,
-        "closed": False,
-    }
-    base.update(overrides)
-    return Session(**base)
 
 
 @pytest.fixture
@@ -312,7 +287,7 @@ WRITER = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from tests.agent.test_spool import make_session
+from tests.records import make_session
 from agent.spool import Spool
 
 run = int(sys.argv[1])

@@ -24,33 +24,21 @@ from agent.transport import (
     to_wire,
 )
 from agent.uploader import Backoff, Pacer, StaticLink, Uploader, spool_heartbeat
+from tests.records import numbered_session
 
 INFO = AgentInfo("laptop-1", "linux", "6.1", "0.1.0", "endpoint")
 
 
 def make_session(i: int, *, version: int = 1, closed: bool = True, **over: Any) -> Session:
-    base: dict[str, Any] = {
+    values: dict[str, Any] = {
         "id": f"s{i:06d}",
         "version": version,
-        "user": "alice",
-        "device": "laptop-1",
-        "tool": "ChatGPT",
-        "service_id": "openai-chatgpt",
-        "category": "assistant",
-        "process_name": "firefox",
-        "process_exe": None,
-        "parent_name": None,
-        "first_seen": 1000.0 + i,
         "last_seen": 1010.0 + i,
-        "connections": 1,
-        "hostnames": ("chatgpt.com",),
-        "seen_as": ("tls",),
-        "bytes_up": None,
         "bytes_down": 5400,
         "closed": closed,
+        **over,
     }
-    base.update(over)
-    return Session(**base)
+    return numbered_session(i, **values)
 
 
 class FakeClock:

@@ -17,33 +17,24 @@ from collector.api import lantern_pb2_grpc as pbg
 from collector.convert import session_to_event
 from collector.store import SqliteStore
 from collector.testing import AgentIdentity, CollectorProcess, enroll_agent, running_collector
+from tests import records
 
 _ids = itertools.count(1)
 
 
 def make_session(**overrides: Any) -> Session:
+    """A session with an id of its own (``tests.records.make_session`` otherwise)."""
     values: dict[str, Any] = {
         "id": f"s{next(_ids)}-{uuid.uuid4().hex[:8]}",
-        "version": 1,
-        "user": "alice",
         "device": "alice-laptop",
-        "tool": "ChatGPT",
-        "service_id": "openai-chatgpt",
-        "category": "assistant",
-        "process_name": "firefox",
-        "process_exe": "/usr/lib/firefox/firefox",
         "parent_name": None,
         "first_seen": 1_760_000_000.0,
         "last_seen": 1_760_000_060.0,
         "connections": 3,
-        "hostnames": ("chatgpt.com",),
-        "seen_as": ("dns", "tls"),
-        "bytes_up": 1200,
         "bytes_down": None,
-        "closed": False,
+        **overrides,
     }
-    values.update(overrides)
-    return Session(**values)
+    return records.make_session(**values)
 
 
 def make_batch(n: int = 3, batch_id: str | None = None, **overrides: Any) -> pb.SubmitRequest:

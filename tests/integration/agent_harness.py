@@ -30,6 +30,7 @@ from agent.spool import Spool
 from agent.state import StateDir
 from agent.uploader import Uploader, spool_heartbeat
 from collector.testing import CollectorProcess
+from tests.records import numbered_session
 
 
 def agent_options(
@@ -102,26 +103,7 @@ def running_agent(options: Options, *, start: bool = True) -> Iterator[InProcess
 
 
 def make_session(i: int) -> Session:
-    return Session(
-        id=f"g{i:06d}",
-        version=1,
-        user="alice",
-        device="test-host",
-        tool="ChatGPT",
-        service_id="openai-chatgpt",
-        category="assistant",
-        process_name="firefox",
-        process_exe=None,
-        parent_name=None,
-        first_seen=1000.0 + i,
-        last_seen=1001.0 + i,
-        connections=1,
-        hostnames=("chatgpt.com",),
-        seen_as=("tls",),
-        bytes_up=None,
-        bytes_down=None,
-        closed=True,
-    )
+    return numbered_session(i, device="test-host")
 
 
 def put_sessions(spool: Spool, numbers: Iterable[int]) -> None:

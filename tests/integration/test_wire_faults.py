@@ -82,28 +82,9 @@ def generator_main(config: str, n: int) -> int:
 
 
 def _session(i: int) -> Any:
-    from agent.records import Session
+    from tests.records import numbered_session
 
-    return Session(
-        id=f"g{i:06d}",
-        version=1,
-        user="alice",
-        device="gen-1",
-        tool="ChatGPT",
-        service_id="openai-chatgpt",
-        category="assistant",
-        process_name="firefox",
-        process_exe=None,
-        parent_name=None,
-        first_seen=1000.0 + i,
-        last_seen=1001.0 + i,
-        connections=1,
-        hostnames=("chatgpt.com",),
-        seen_as=("tls",),
-        bytes_up=None,
-        bytes_down=None,
-        closed=True,
-    )
+    return numbered_session(i, device="gen-1")
 
 
 def write_config(path: Path, c: Any, ca_file: Path, **extra: Any) -> Path:
