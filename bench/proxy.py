@@ -37,6 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psutil
+
 from agent.metering.venv import mitmdump_path
 from tests.metering.proxykit import (
     REDIRECT_ADDON,
@@ -154,9 +156,11 @@ def pct(xs: list[float], q: float) -> float:
 
 
 @contextmanager
-def bare_mitmproxy(upstream_port: int, upstream_ca: Path, work: Path) -> Iterator[tuple[int, Path]]:
+def bare_mitmproxy(
+    upstream_port: int, upstream_ca: Path, work: Path
+) -> Iterator[tuple[int, Path, int]]:
     """mitmdump from the metering environment with the test redirect and nothing of Lantern's:
-    the same options the supervisor sets, minus the addon. Yields its port and its CA."""
+    the same options the supervisor sets, minus the addon. Yields its port, CA and pid."""
     confdir = work / "bare-mitmproxy"
     confdir.mkdir()
     port = free_port()
@@ -183,7 +187,7 @@ def bare_mitmproxy(upstream_port: int, upstream_ca: Path, work: Path) -> Iterato
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                 raise SystemExit(f"bare mitmdump did not start: {err[-2000:]}")
             time.sleep(0.1)
-        yield port, confdir / "mitmproxy-ca-cert.pem"
+        yield port, confdir / "mitmproxy-ca-cert.pem", proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -214,8 +218,13 @@ def main() -> int:
             proxy_port, client_ca = meter_out.split()
             report((int(proxy_port), Path(client_ca)), bare, int(server_port), ca, args.requests)
             meter.stdin.close()  # type: ignore[union-attr]  # the meter stops and counts
-            records = meter.stdout.readline().split()  # type: ignore[union-attr]
-            print(f"usage records spooled: {records[-1]} (expected {3 * (args.requests + WARMUP)})")
+            _, records, proxy_cpu, agent_cpu = meter.stdout.readline().split()  # type: ignore[union-attr]
+            calls = 3 * (args.requests + WARMUP)
+            print(f"usage records spooled: {records} (expected {calls})")
+            print(
+                f"CPU per metered call: mitmdump {float(proxy_cpu) / calls * 1e3:.2f} ms, "
+                f"agent side {float(agent_cpu) / calls * 1e3:.2f} ms"
+            )
             del provider
     finally:
         remove_workdir(work)
@@ -251,16 +260,22 @@ def serve_meter(work: Path, upstream_port: int) -> int:
     ca = work / "upstream" / "upstream-ca.pem"
     with running_meter(upstream_port, ca, work) as m:
         print(m.proxy_port, m.client_ca, flush=True)
+        proxy, agent = psutil.Process(m.supervisor._proc.pid), psutil.Process()  # type: ignore[union-attr]
+        proxy_cpu0, agent_cpu0 = sum(proxy.cpu_times()[:2]), sum(agent.cpu_times()[:2])
         sys.stdin.read()
+        proxy_cpu = sum(proxy.cpu_times()[:2]) - proxy_cpu0
         m.supervisor.stop()  # flushes the addon's channel before the receiver stops
         with contextlib.suppress(Exception):
             time.sleep(0.5)
-        print("records", len(m.spool.usage_records()), flush=True)
+        agent_cpu = sum(agent.cpu_times()[:2]) - agent_cpu0
+        # records, and CPU seconds of mitmdump and of this agent-side process (receiver,
+        # attribution, pricing, spool) while the calls ran
+        print("records", len(m.spool.usage_records()), proxy_cpu, agent_cpu, flush=True)
     return 0
 
 
 def report(
-    meter: tuple[int, Path], bare: tuple[int, Path], server_port: int, ca: Path, n: int
+    meter: tuple[int, Path], bare: tuple[int, Path, int], server_port: int, ca: Path, n: int
 ) -> None:
     def direct() -> http.client.HTTPSConnection:
         ctx = ssl.create_default_context(cafile=str(ca))
@@ -277,12 +292,16 @@ def report(
 
         return connect
 
-    proxied, mitmproxy_only = through(meter), through(bare)
+    proxied, mitmproxy_only = through(meter), through(bare[:2])  # type: ignore[arg-type]
+    bare_proc = psutil.Process(bare[2])
+    bare_cpu = 0.0
 
     rows = []
     for kind in ("chat", "stream", "ttfb"):
         d, d_rps = run_case(direct, kind, n)
+        cpu0 = sum(bare_proc.cpu_times()[:2])
         b, b_rps = run_case(mitmproxy_only, kind, n)
+        bare_cpu += sum(bare_proc.cpu_times()[:2]) - cpu0
         p, p_rps = run_case(proxied, kind, n)
         rows.append((kind, d, b, p, d_rps, b_rps, p_rps))
     print(f"{'case':8} {'side':9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
@@ -299,6 +318,8 @@ def report(
                 "addon": "proxy - mitmproxy alone",
             }[name]
             print(f"{kind:8} {name:9} {a50:8.2f} {a99:8.2f}   ({label}, {what})")
+    calls = 3 * (n + WARMUP)
+    print(f"CPU per call of mitmproxy alone: {bare_cpu / calls * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":
