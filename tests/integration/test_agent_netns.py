@@ -15,11 +15,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.agent_harness import wait_for
 from tests.netns import NetnsPair, netns_pair, os_users, sh
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,15 +108,6 @@ def world() -> Iterator[tuple[NetnsPair, list[str], Path]]:
 
 def start(args: list[str], **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen(args, text=True, **kw)  # type: ignore[call-overload,no-any-return]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def client(ns: NetnsPair, user: str, *args: str) -> str:

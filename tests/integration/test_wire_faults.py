@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.agent_harness import wait_for
+
 pytest.importorskip("grpc")
 testing = pytest.importorskip("collector.testing")
 
@@ -170,15 +172,6 @@ def session_rows(db: Path) -> list[tuple[str, int, int]]:
         return list(con.execute("SELECT id, version, closed FROM sessions"))
     finally:
         con.close()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
