@@ -29,7 +29,7 @@ from agent.attribution.processes import (
 from agent.attribution.sockets import SocketTable, default_socket_table
 from agent.counters import Counters
 from agent.metering.channel import Address, CallStart, ChannelServer, Message, MeteredCall
-from agent.metering.cost import Pricer
+from agent.metering.cost import Pricer, warm_prices
 from agent.records import ProcessInfo, UsageRecord
 from signatures.matcher import Matcher
 
@@ -223,6 +223,7 @@ class UsageReceiver:
 
     def start(self) -> None:
         self.server.start()
+        threading.Thread(target=warm_prices, name="metering-prices", daemon=True).start()
 
     def stop(self) -> None:
         self.server.stop()

@@ -190,3 +190,25 @@ def test_extraction_imports_only_the_standard_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_the_receiver_loads_the_price_database_when_it_starts(tmp_path: Path) -> None:
+    """Not on the first call: that call's client may hang up while the database loads."""
+    code = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from agent.metering.usage import UsageReceiver\n"
+        "r = UsageReceiver(Path(sys.argv[1]), os.geteuid(), print, attribute=False)\n"
+        "before = 'genai_prices' in sys.modules\n"
+        "r.start()\n"
+        "deadline = time.monotonic() + 20\n"
+        "while 'genai_prices' not in sys.modules and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "r.stop()\n"
+        "print(before, 'genai_prices' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "c.sock")],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2],
+    ).stdout  # fmt: skip
+    assert out.split() == ["False", "True"]
