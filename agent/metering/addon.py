@@ -220,6 +220,8 @@ class LanternMeter:
             self._report(socket_meter, (), 101)
         meter = self.calls.pop(flow.id, None)
         if meter is not None:
+            if flow.response is None:
+                meter.exchange_failed()
             status = flow.response.status_code if flow.response is not None else None
             self._report(meter, (), status)
 

@@ -140,6 +140,12 @@ class CallMeter:
     def start_message(self) -> CallStart:
         return CallStart(self.id, self.client, self.dst)
 
+    def exchange_failed(self) -> None:
+        """The exchange broke off before any answer (the server's certificate refused, the
+        connection lost): the record says ``NoResponse``, never the reason's text."""
+        if self._error is None:
+            self._error = "NoResponse"
+
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = type(exc).__name__

@@ -115,6 +115,16 @@ def declare_options(options: Options) -> None:
             "mitmproxy's confdir (holds only the per-device CA). "
             "Default: <metering.dir>/mitmproxy.",
         ),
+        Option(
+            "metering.upstream_ca",
+            Path,
+            None,
+            "PEM bundle of the CAs the proxy trusts for AI servers, in place of mitmproxy's own "
+            "(certifi). Set it where a TLS-inspecting proxy or a private CA stands in front of "
+            "them, e.g. /etc/ssl/certs/ca-certificates.crt (the system's, with what "
+            "update-ca-certificates added). Must be readable by metering.user.",
+            check=lambda v: None if v is None or Path(v).is_file() else "no such file",
+        ),
     ):
         options.declare(opt)
 
@@ -294,8 +304,13 @@ class MeteringSupervisor:
             f"lantern_key_secret={self.paths.key_secret}",
             "--set",
             f"lantern_agent_pid={os.getpid()}",  # it ends when the agent does (lifeline.py)
+            *self._upstream_trust(),
             *self.extra_args,
         ]
+
+    def _upstream_trust(self) -> list[str]:
+        ca: Path | None = self.options["metering.upstream_ca"]
+        return [] if ca is None else ["--set", f"ssl_verify_upstream_trusted_ca={ca}"]
 
     def _env(self) -> dict[str, str]:
         keep = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")

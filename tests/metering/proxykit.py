@@ -288,7 +288,7 @@ class Meter:
 @contextmanager
 def running_meter(
     upstream_port: int | None,
-    upstream_ca: Path,
+    upstream_ca: Path | None,
     work: Path,
     *,
     connection_strategy: str = "lazy",
@@ -300,7 +300,9 @@ def running_meter(
     ``connection_strategy="eager"`` (mitmproxy's default, the product's) connects upstream
     before answering the client's TLS handshake, so the client gets the ALPN the server chose.
     ``upstream_port=None`` leaves upstream connections where the client meant them to go: only
-    inside a network namespace the test made (`tests.metering.netns_meter`).
+    inside a network namespace the test made (`tests.metering.netns_meter`). ``upstream_ca`` is
+    the test provider's CA, trusted through ``metering.upstream_ca``; None leaves mitmproxy's
+    own CA list, which does not know it.
     """
     venv = meter_venv()
     options = Options()
@@ -316,6 +318,7 @@ def running_meter(
         "metering.venv": str(venv),
         "metering.user": meter_user(),
         "metering.dir": str(work / "meter"),
+        "metering.upstream_ca": None if upstream_ca is None else str(upstream_ca),
     }.items():
         options.set(key, value, "test")
     counters = Counters()
@@ -329,13 +332,7 @@ def running_meter(
     supervisor = sup.MeteringSupervisor(
         options,
         counters,
-        extra_args=[
-            *redirect,
-            "--set",
-            f"ssl_verify_upstream_trusted_ca={upstream_ca}",
-            "--set",
-            f"connection_strategy={connection_strategy}",
-        ],
+        extra_args=[*redirect, "--set", f"connection_strategy={connection_strategy}"],
     )
     supervisor.prepare()
     spool = Spool(st.spool, counters=counters)
