@@ -187,7 +187,7 @@ def build(force: bool = False) -> int:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         print("native: compiling failed; see above", file=sys.stderr)
         return 1
-    MANIFEST.write_text(digest + "\n")
+    # setup.py's build_ext wrote the manifest, after the build succeeded
     print("native: compiled " + ", ".join(m.rsplit(".", 1)[1] for m in MODULES))
     return 0
 

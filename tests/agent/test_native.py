@@ -147,3 +147,31 @@ def test_the_environment_switch_runs_the_python_even_with_a_current_build(
     proc = _import_in(root, {})
     assert proc.returncode != 0
     assert "pipeline" in proc.stderr or "packet" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_failed_compile_leaves_no_manifest_behind(tmp_path: Path) -> None:
+    """Otherwise extensions from an earlier build would pass for the sources that failed."""
+    missing = native.compiler_missing()
+    if missing:
+        pytest.skip(f"no compiled build possible here: {missing}")
+    root = tmp_path / "tree"
+    root.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, root / name)
+    for pkg in ("agent", "signatures", "lantern", "collector", "policies"):
+        shutil.copytree(
+            ROOT / pkg,
+            root / pkg,
+            ignore=shutil.ignore_patterns("*.so", "__pycache__", "native.manifest"),
+        )
+    manifest = root / "agent" / "native.manifest"
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    env.update(PYTHONPATH=str(root), CC="false")  # every compiler call fails
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.build_native", "build"],
+        cwd=root, env=env, capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "compiling failed" in proc.stderr
+    assert not manifest.exists()
