@@ -13,8 +13,9 @@ first failure stops that direction and its class name is reported as the call's 
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 
 from agent.metering.channel import Address, CallStart, MeteredCall
@@ -28,6 +29,16 @@ from agent.metering.records import Tags, Usage
 # Methods whose requests carry a body. Over HTTP/2 and HTTP/3 the frames delimit the body, so a
 # request may stream one with neither Content-Length nor Transfer-Encoding.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+# Call ids: a random prefix per process and a counter, 32 hex digits like a uuid4 (unique across
+# devices and restarts), without a getrandom() system call on every request.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
+def _new_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def expects_body(headers: dict[str, str], method: str, http_version: str) -> bool:
@@ -72,15 +83,16 @@ class CallMeter:
         provider: str = "unknown",
         tags: Tags = (),
         clock: Callable[[], float] = time.time,
+        started: float | None = None,
     ) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = _new_id()
         self.provider = provider
         self.tags = tags  # the request's X-Lantern-* tags, for calls without an extractor
         self.host = host
         self.client = client
         self.dst = dst
         self._clock = clock
-        self.started = clock()
+        self.started = clock() if started is None else started
         self._extractor = extractor
         self._scanner = scanner
         self._error: str | None = None
@@ -108,11 +120,13 @@ class CallMeter:
         method: str = "POST",
         http_version: str = "HTTP/1.1",
         clock: Callable[[], float] = time.time,
+        started: float | None = None,
     ) -> CallMeter | None:
         """A meter for a call to ``url``; None when there is neither usage nor a body to read.
 
         ``provider`` names the vendor for calls the extractor does not know (label-only calls).
         ``method`` and ``http_version`` tell whether a body may follow without a length.
+        ``started``: when the request began, if earlier than now (work deferred by the addon).
         """
         headers = normalize_headers(request_headers)
         extractor = extractor_for(url, headers, key_secret=key_secret)
@@ -130,6 +144,7 @@ class CallMeter:
             provider=provider,
             tags=header_tags(headers) if extractor is None else (),
             clock=clock,
+            started=started,
         )
 
     @property
@@ -241,11 +256,15 @@ class CallMeter:
     # -- end -----------------------------------------------------------------------------------
 
     def finish(
-        self, response_headers: HeaderInput | Mapping[str, str], status_code: int | None
+        self,
+        response_headers: HeaderInput | Mapping[str, str],
+        status_code: int | None,
+        ended: float | None = None,
     ) -> MeteredCall | None:
         """The call's report (None for a label-only call that carried no label or file).
 
-        ``status_code`` None: the exchange failed before a response.
+        ``status_code`` None: the exchange failed before a response. ``ended``: when the
+        exchange ended, if earlier than now.
         """
         self.request_end()
         if self._resp_decoder is not None:
@@ -273,7 +292,7 @@ class CallMeter:
             id=self.id,
             host=self.host,
             started=self.started,
-            ended=self._clock(),
+            ended=self._clock() if ended is None else ended,
             usage=usage,
             labels=labels,
             bytes_up=self.bytes_up,

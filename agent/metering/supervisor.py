@@ -1,16 +1,19 @@
-"""Starts, watches and stops the metering process (mitmdump from its own environment).
+"""Starts, watches and stops the metering process (mitmproxy from its own environment).
 
     supervisor = MeteringSupervisor(options, counters)
-    supervisor.start()            # CA, key secret, dirs; spawns mitmdump; restarts it on exit
+    supervisor.start()            # CA, key secret, dirs; spawns the proxy; restarts it on exit
     supervisor.health()           # MeteringHealth: state, pid, restarts, last exit, CA fingerprint
     supervisor.stop()             # SIGTERM, then SIGKILL after `stop_timeout`
+
+The process is ``python -I -m agent.metering.proxy`` from the metering environment: mitmproxy's
+master with just the addons metering needs and Lantern's (`agent.metering.proxy`).
 
 Layout under ``metering.dir`` (0700, owned by ``metering.user``)::
 
     mitmproxy/       mitmproxy's confdir: the per-device CA only (`agent.metering.ca`)
     key-secret       device secret for API-key fingerprints (0600)
     usage.sock       the agent's end of the usage channel (`agent.metering.usage.UsageReceiver`)
-    mitmdump.log     the process's stdout/stderr: errors only, never flows, bodies or headers
+    mitmproxy.log    the process's stdout/stderr: errors only, never flows, bodies or headers
 
 The CA certificate is exported (PEM and DER) into the agent's runtime dir for MDM to trust.
 
@@ -53,13 +56,13 @@ from agent.counters import Counters
 from agent.exceptions import ConfigError
 from agent.metering.ca import CaFiles, ensure_ca, export_certificate
 from agent.metering.venv import DEFAULT_PATH as DEFAULT_VENV
-from agent.metering.venv import mitmdump_path
+from agent.metering.venv import mitmdump_path, python_path
 from agent.options import Option, Options
 from agent.state import StateDir
 
 log = logging.getLogger("lantern.metering.supervisor")
 
-ADDON = Path(__file__).with_name("addon.py")
+PROXY_MODULE = "agent.metering.proxy"  # mitmproxy's master with Lantern's addon
 SYSTEM_DIR = Path("/var/lib/lantern-meter")
 LOG_MAX_BYTES = 1 << 20
 MODES = ("regular", "transparent")
@@ -150,7 +153,7 @@ class MeteringPaths:
             confdir=confdir or base / "mitmproxy",
             key_secret=base / "key-secret",
             socket=base / "usage.sock",
-            log=base / "mitmdump.log",
+            log=base / "mitmproxy.log",
             export_dir=state.runtime,
         )
 
@@ -223,6 +226,7 @@ class MeteringSupervisor:
         )
         venv: Path | None = options["metering.venv"]
         self.mitmdump = mitmdump_path(venv or DEFAULT_VENV)
+        self.python = python_path(venv or DEFAULT_VENV)
         self.owner = _run_as(options)
         self.ca: CaFiles | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -244,9 +248,9 @@ class MeteringSupervisor:
         """Directories, CA, key secret and exported certificate; safe to call again."""
         if self.mode == "transparent" and sys.platform != "linux":
             raise ConfigError("metering.mode: transparent is supported on Linux only")
-        if not self.mitmdump.exists():
+        if not (self.mitmdump.exists() and self.python.exists()):
             raise ConfigError(
-                f"metering.venv: {self.mitmdump} not found; create it with "
+                f"metering.venv: no mitmproxy in {self.python.parent.parent}; create it with "
                 "`python -m agent.metering.venv PATH`"
             )
         d = self.paths.dir
@@ -285,19 +289,17 @@ class MeteringSupervisor:
         else:
             listen = ["--mode", self.mode, "--listen-host", host, "--listen-port", str(port)]
         return [
-            str(self.mitmdump),
+            str(self.python),
+            "-I",  # no PYTHON* variables, no user site, not the working directory on sys.path
+            "-m",
+            PROXY_MODULE,
             *listen,
-            "-s",
-            str(ADDON),
-            # Invariant 1: no flow file, no flow output, errors only, no onboarding app.
+            # Invariant 1: the master has no flow file, flow printer or onboarding app
+            # (agent.metering.proxy); it prints errors only.
             "--set",
             f"confdir={self.paths.confdir}",
             "--set",
-            "flow_detail=0",
-            "--set",
             "termlog_verbosity=error",
-            "--set",
-            "onboarding=false",
             "--set",
             f"lantern_channel={self.paths.socket}",
             "--set",

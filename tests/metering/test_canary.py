@@ -373,7 +373,7 @@ def test_no_canary_in_anything_lantern_wrote(
     m, _, records = run
     files = m.written_files()
     names = {p.name for p in files}
-    assert "spool.db" in names and "mitmdump.log" in names and "mitmproxy-ca.pem" in names
+    assert "spool.db" in names and "mitmproxy.log" in names and "mitmproxy-ca.pem" in names
     assert records  # the search below is meaningful only if something was written
     confdir = m.supervisor.paths.confdir
     assert {p.name for p in confdir.iterdir()} <= {

@@ -320,7 +320,7 @@ def test_supervisor_restarts_with_backoff_and_stops() -> None:
     from agent.options import Options
     from tests.metering.proxykit import remove_workdir, shared_workdir
 
-    tmp_path = shared_workdir()  # the unprivileged user must reach the fake mitmdump
+    tmp_path = shared_workdir()  # the unprivileged user must reach the fake proxy
     try:
         _restarts(tmp_path, state, sup, Options)
     finally:
@@ -330,7 +330,8 @@ def test_supervisor_restarts_with_backoff_and_stops() -> None:
 def _restarts(tmp_path: Path, state: Any, sup: Any, Options: Any) -> None:  # noqa: N803
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    fake = venv / "bin" / "mitmdump"
+    (venv / "bin" / "mitmdump").write_text("#!/bin/sh\nexit 1\n")  # proof mitmproxy is there
+    fake = venv / "bin" / "python"  # the proxy runs as `python -I -m agent.metering.proxy`
     fake.write_text('#!/bin/sh\necho started >> "$HOME/runs"\nsleep 0.2\nexit 3\n')
     fake.chmod(0o755)
     options = Options()

@@ -386,7 +386,7 @@ def test_a_non_catalog_host_passes_through_untouched(world: World) -> None:
 
 def test_nothing_lantern_wrote_holds_content_or_the_other_host(world: World) -> None:
     names = {p.name for p in world.files}
-    assert {"spool.db", "mitmdump.log"} <= names and world.records
+    assert {"spool.db", "mitmproxy.log"} <= names and world.records
     needles = [s.encode() for s in (PROMPT, ANSWER, API_KEY, ANTHROPIC_KEY, "example.org")]
     for path in world.files:
         data = path.read_bytes()
