@@ -51,6 +51,11 @@ MODULES = (
     "agent.flows.dnsflow",
     "agent.flows.tcpflow",
     "agent.pipeline",
+    "agent.metering.events",
+    "agent.metering.eventstream",
+    "agent.metering.jsonscan",
+    "agent.metering.sse",
+    "agent.metering.streams",
 )
 GROUP = "agent.compiled"  # the shared library mypyc builds: agent/compiled__mypyc.*.so
 ROOT = Path(__file__).resolve().parent.parent  # the directory that holds the agent package

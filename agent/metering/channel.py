@@ -27,7 +27,7 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +74,26 @@ Message = CallStart | MeteredCall
 _USAGE_FIELDS = frozenset(f.name for f in fields(Usage))
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _fields_of(obj: Any) -> dict[str, Any]:
+    """A record's fields, one level deep: the encoder calls this again for nested records.
+    (`dataclasses.asdict` deep-copies every value first, which cost the proxy 0.1 ms a call.)"""
+    names = _FIELD_NAMES.get(type(obj))
+    if names is None:
+        if not is_dataclass(obj) or isinstance(obj, type):
+            raise TypeError(f"{type(obj).__name__} is not a channel record")
+        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in fields(obj))
+    return {name: getattr(obj, name) for name in names}
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_fields_of)
+
+
 def encode(msg: Message) -> bytes:
-    if isinstance(msg, CallStart):
-        data: dict[str, Any] = {"t": "start", **asdict(msg)}
-    else:
-        data = {"t": "call", **asdict(msg)}
-    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+    data = {"t": "start" if isinstance(msg, CallStart) else "call", **_fields_of(msg)}
+    return _ENCODER.encode(data).encode() + b"\n"
 
 
 def _addr(raw: Any) -> Address:

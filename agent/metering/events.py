@@ -10,7 +10,15 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from agent.metering.exceptions import MalformedBodyError
-from agent.metering.jsonscan import INVALID, JsonScanner, OnString, Path, loads_or_invalid
+from agent.metering.jsonscan import (
+    FAST_MAX,
+    INVALID,
+    JsonScanner,
+    OnString,
+    Path,
+    find_path,
+    loads_or_invalid,
+)
 
 
 class EventSink(Protocol):
@@ -65,13 +73,11 @@ class Collector:
 
 class EventPayload:
     """One event's JSON data. Small events are parsed whole by `json.loads` (C speed: a stream
-    has thousands of tiny events); an event that grows past ``FAST_MAX`` switches to the
+    has thousands of tiny events); an event that grows past `FAST_MAX` switches to the
     streaming scanner, so memory stays bounded. Either way only wanted values reach the sink.
     """
 
     __slots__ = ("_buf", "_c", "_streaming", "sink")
-
-    FAST_MAX = 16 * 1024
 
     def __init__(self, sink: EventSink) -> None:
         self.sink = sink
@@ -83,7 +89,7 @@ class EventPayload:
         if self._streaming or self.sink.string_hook is not None:
             self._streaming = True
             self._c.scanner.feed(chunk)
-        elif len(self._buf) + len(chunk) <= self.FAST_MAX:
+        elif len(self._buf) + len(chunk) <= FAST_MAX:
             self._buf += chunk
         else:
             self._streaming = True
@@ -115,17 +121,3 @@ class EventPayload:
         self._c.restart()
         self._buf.clear()
         self._streaming = False
-
-
-def find_path(node: object, path: Path, i: int, out: dict[Path, object], full: Path) -> None:
-    """Store the value at ``path`` (None steps into every array element; the last one wins)."""
-    if i == len(path):
-        out[full] = node
-        return
-    step = path[i]
-    if step is None:
-        if isinstance(node, list):
-            for item in node:
-                find_path(item, path, i + 1, out, full)
-    elif isinstance(node, dict) and step in node:
-        find_path(node[step], path, i + 1, out, full)

@@ -47,6 +47,10 @@ def parse_eventstream_headers(raw: bytes) -> dict[str, str]:
     return headers
 
 
+# Where in a frame the decoder is.
+_PRELUDE_PHASE, _HEADERS_PHASE, _PAYLOAD_PHASE, _CRC_PHASE = range(4)
+
+
 class EventStreamDecoder:
     """AWS ``application/vnd.amazon.eventstream`` frames, CRC-checked, payload streamed.
 
@@ -57,12 +61,10 @@ class EventStreamDecoder:
 
     __slots__ = ("_buf", "_crc", "_headers", "_json", "_need", "_payload_left", "_phase", "events")
 
-    _PRELUDE_PHASE, _HEADERS_PHASE, _PAYLOAD_PHASE, _CRC_PHASE = range(4)
-
     def __init__(self, sink: EventSink) -> None:
         self._json = EventPayload(sink)
         self._buf = bytearray()
-        self._phase = self._PRELUDE_PHASE
+        self._phase = _PRELUDE_PHASE
         self._need = _PRELUDE.size
         self._crc = 0
         self._payload_left = 0
@@ -72,7 +74,7 @@ class EventStreamDecoder:
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            if self._phase == self._PAYLOAD_PHASE:
+            if self._phase == _PAYLOAD_PHASE:
                 take = min(self._payload_left, len(view))
                 part = bytes(view[:take])
                 view = view[take:]
@@ -81,7 +83,7 @@ class EventStreamDecoder:
                 if self._is_json_event():
                     self._json.feed(part)
                 if not self._payload_left:
-                    self._phase, self._need = self._CRC_PHASE, 4
+                    self._phase, self._need = _CRC_PHASE, 4
                 continue
             take = min(self._need - len(self._buf), len(view))
             self._buf += view[:take]
@@ -90,7 +92,7 @@ class EventStreamDecoder:
                 self._complete_part()
 
     def finish(self) -> None:
-        if self._buf or self._phase != self._PRELUDE_PHASE:
+        if self._buf or self._phase != _PRELUDE_PHASE:
             raise TruncatedBodyError("event stream ends inside a frame")
 
     def _is_json_event(self) -> bool:
@@ -99,7 +101,7 @@ class EventStreamDecoder:
     def _complete_part(self) -> None:
         raw = bytes(self._buf)
         self._buf.clear()
-        if self._phase == self._PRELUDE_PHASE:
+        if self._phase == _PRELUDE_PHASE:
             total, headers_len, prelude_crc = _PRELUDE.unpack(raw)
             if zlib.crc32(raw[:8]) != prelude_crc:
                 raise ChecksumError("event stream: prelude CRC mismatch")
@@ -109,11 +111,11 @@ class EventStreamDecoder:
                 raise MalformedBodyError("event stream: impossible frame lengths")
             self._crc = zlib.crc32(raw)
             self._payload_left = total - _MIN_FRAME - headers_len
-            self._phase, self._need = self._HEADERS_PHASE, headers_len
+            self._phase, self._need = _HEADERS_PHASE, headers_len
             if headers_len == 0:
                 self._headers = {}
                 self._start_payload()
-        elif self._phase == self._HEADERS_PHASE:
+        elif self._phase == _HEADERS_PHASE:
             self._crc = zlib.crc32(raw, self._crc)
             try:
                 self._headers = parse_eventstream_headers(raw)
@@ -130,13 +132,13 @@ class EventStreamDecoder:
     def _start_payload(self) -> None:
         self._json.restart()
         if self._payload_left:
-            self._phase = self._PAYLOAD_PHASE
+            self._phase = _PAYLOAD_PHASE
         else:
-            self._phase, self._need = self._CRC_PHASE, 4
+            self._phase, self._need = _CRC_PHASE, 4
 
     def _end_frame(self) -> None:
         headers = self._headers
-        self._phase, self._need = self._PRELUDE_PHASE, _PRELUDE.size
+        self._phase, self._need = _PRELUDE_PHASE, _PRELUDE.size
         if headers.get(":message-type") == _BAD_HEADERS:
             raise MalformedBodyError("event stream: malformed header block")
         if self._is_json_event():

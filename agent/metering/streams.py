@@ -3,7 +3,8 @@
 Formats: one JSON document, JSON lines, a JSON array of events (Gemini), server-sent events
 (`sse`), AWS event stream (`eventstream`). Memory held is bounded: an event's data up to 16 KiB
 (parsed whole, which is fast for the thousands of tiny events of a stream), beyond that a
-`JsonScanner`'s state; a JSON body is always scanned, never gathered.
+`JsonScanner`'s state; a JSON body is never gathered (a chunk that happens to hold all of a
+small one is parsed whole, see `jsonscan`).
 """
 
 from __future__ import annotations
