@@ -19,23 +19,11 @@ USAGES = """
 import json
 from dataclasses import astuple
 from agent import native
-from meterkit import data, run
-from test_metering_properties import ALL_CASES
+from test_metering_properties import ALL_CASES, full, one_byte_at_a_time
 
 out = {"state": native.state(), "usages": {}}
 for name, case in sorted(ALL_CASES.items()):
-    body = case.body()
-    request = data(case.request) if case.request else None
-    whole = run(case.url, body, request=request, response_headers=case.headers)
-    bytewise = run(
-        case.url,
-        body,
-        request=request,
-        request_chunks=[request[i : i + 1] for i in range(len(request))] if request else None,
-        response_chunks=[body[i : i + 1] for i in range(len(body))],
-        response_headers=case.headers,
-    )
-    out["usages"][name] = [repr(astuple(whole)), repr(astuple(bytewise))]
+    out["usages"][name] = [repr(astuple(full(case))), repr(astuple(one_byte_at_a_time(case)))]
 print(json.dumps(out))
 """
 

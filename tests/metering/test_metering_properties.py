@@ -53,12 +53,10 @@ def test_chunk_boundaries_do_not_change_usage(name: str, draw: st.DataObject) ->
     assert usage == full(case)
 
 
-@pytest.mark.parametrize("name", sorted(ALL_CASES))
-def test_one_byte_chunks(name: str) -> None:
-    case = ALL_CASES[name]
+def one_byte_at_a_time(case: Case) -> Usage:
     body = case.body()
     request = data(case.request) if case.request else None
-    usage = run(
+    return run(
         case.url,
         body,
         request=request,
@@ -66,7 +64,12 @@ def test_one_byte_chunks(name: str) -> None:
         response_chunks=[body[i : i + 1] for i in range(len(body))],
         response_headers=case.headers,
     )
-    assert usage == full(case)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CASES))
+def test_one_byte_chunks(name: str) -> None:
+    case = ALL_CASES[name]
+    assert one_byte_at_a_time(case) == full(case)
 
 
 def body_strings(raw: bytes) -> set[str]:
