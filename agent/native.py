@@ -1,9 +1,10 @@
 """The packet hot path compiled to C with mypyc, and the guard that never runs a stale build.
 
-The decoders and extractors below are plain, fully typed Python. mypyc turns each into a C
-extension that runs the same code without the interpreter's per-operation cost (attribute
-access, calls between these modules and byte arithmetic become C), which makes a scan about
-1.5 times faster. Nothing depends on it: without a C compiler the same modules run as Python.
+The decoders and extractors below (and the metering proxy's body framers) are plain, fully
+typed Python. mypyc turns each into a C extension that runs the same code without the
+interpreter's per-operation cost (attribute access, calls between these modules and byte
+arithmetic become C), which makes a scan about 1.5 times faster and a streamed event about 30%
+cheaper to meter. Nothing depends on it: without a C compiler the same modules run as Python.
 
 The extensions sit next to their sources (``packet.py`` beside ``packet.cpython-311-*.so``),
 where Python prefers the extension. So that an edited source is never shadowed by an old
