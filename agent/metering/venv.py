@@ -114,8 +114,12 @@ def ensure_meter_venv(
         ],
         [py, "-m", "pip", "install", *pip_flags, "--no-deps", "-e", str(project)],
     ]
+    # Lantern is installed editable: the proxy runs the checkout's modules, and with them the
+    # compiled ones `./dev build` (agent.build_native) made there. Compiling again for this
+    # environment would only redo that, in a throwaway build environment.
+    env = {**os.environ, "LANTERN_COMPILE": "0"}
     for cmd in steps:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
             raise MeterVenvError(f"{' '.join(cmd[:5])} ... failed: " + " | ".join(tail))
