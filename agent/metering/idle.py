@@ -5,8 +5,9 @@ costs the proxy's one thread about as much as relaying it. Done inside mitmproxy
 delays every request, first byte and end of stream by that much. So the addon only queues it
 (`IdleWork.defer`), and the event loop runs the queue when it would otherwise wait:
 `IdleSelector` wraps the loop's selector, and before the loop blocks on it, runs queued work
-one piece at a time for as long as no socket is ready. Traffic always goes first; metering
-catches up in the gaps (a call's round trip to the provider is full of them).
+one piece at a time for as long as no socket is ready, in slices with pauses between them.
+Traffic always goes first; metering catches up in the gaps (a call's round trip to the provider
+is full of them).
 
 The queue is FIFO, so a call's pieces run in the order its bytes passed. Bounded: past
 `MAX_PENDING` pieces or `MAX_PENDING_BYTES` of body bytes held (a proxy that is never idle,
@@ -32,6 +33,11 @@ log = logging.getLogger("lantern.metering.idle")
 
 MAX_PENDING = 4096  # pieces; a piece is one chunk's parsing or one call's start or report
 MAX_PENDING_BYTES = 4 << 20  # body bytes held by queued pieces (a fast upload never waits)
+# At most SLICE seconds of metering at a stretch, then up to PAUSE waiting for sockets: the
+# client, the server and the agent, which share the device's cores, get to run in between.
+# Without the pause, on two cores, p99 of back-to-back calls was 5.7 ms instead of 3.3.
+SLICE = 0.0003
+PAUSE = 0.0003
 
 
 class IdleWork:
@@ -97,15 +103,23 @@ class IdleSelector(selectors.BaseSelector):
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         # timeout 0: the loop has callbacks ready, so it is not idle; leave the work queued.
-        # Otherwise work until a socket is ready or the loop's next timer is due.
+        # Otherwise work until a socket is ready, the loop's next timer is due, or a slice is
+        # used up; then wait a pause for sockets before the loop comes back for more.
         if self._work.pending and (timeout is None or timeout > 0):
-            deadline = None if timeout is None else time.monotonic() + timeout
+            now = time.monotonic()
+            deadline = None if timeout is None else now + timeout
+            slice_end = now + SLICE
             while self._work.pending:
                 ready = self._inner.select(0)
                 if ready:
                     return ready
-                if deadline is not None and time.monotonic() >= deadline:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
                     return []
+                if now >= slice_end:
+                    return self._inner.select(
+                        PAUSE if deadline is None else min(PAUSE, deadline - now)
+                    )
                 self._work.run_one()
             if deadline is not None:
                 timeout = max(0.0, deadline - time.monotonic())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import selectors
 import socket
 import time
+from typing import Any
 
-from agent.metering.idle import IdleSelector, IdleWork
+from agent.metering.idle import PAUSE, IdleSelector, IdleWork
 
 
 def _loop(work: IdleWork) -> asyncio.AbstractEventLoop:
@@ -118,7 +120,7 @@ def test_timers_still_fire_while_work_is_queued() -> None:
                 work.defer(time.sleep, 0.001)
             await asyncio.sleep(0.02)
             left = work.pending  # the timer fired in the middle of the queue, not after it
-            await asyncio.sleep(0.1)  # the rest runs in this wait
+            await asyncio.sleep(0.3)  # the rest runs in this wait
             return left
 
         left_when_the_timer_fired = loop.run_until_complete(main())
@@ -181,3 +183,31 @@ def test_without_an_idle_selector_work_runs_on_the_next_turn_or_at_once() -> Non
         assert done == ["no loop", "loop"]
 
     asyncio.run(main())
+
+
+class _QuietSelector(selectors.DefaultSelector):
+    """A real selector with nothing registered; records the timeouts it was asked to wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        self.waits.append(timeout)
+        return super().select(timeout)
+
+
+def test_work_gives_the_cpu_back_between_slices() -> None:
+    # Each piece is longer than a slice: one runs, then the selector waits a pause (during
+    # which the other programs on the device run) before the loop asks again.
+    work = IdleWork()
+    inner = _QuietSelector()
+    sel = IdleSelector(work, inner)
+    for _ in range(3):
+        work.defer(time.sleep, 0.002)
+    assert sel.select(None) == []
+    assert work.pending == 2
+    assert inner.waits[-1] == PAUSE
+    assert sel.select(None) == []
+    assert work.pending == 1
+    sel.close()
