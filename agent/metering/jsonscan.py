@@ -199,8 +199,8 @@ class JsonScanner:
         """Take ``data`` as one complete document if it is one; False leaves it to the scanner.
 
         Only between documents (nothing open), and only for an object or an array: a number
-        could go on in the next chunk. The values are found as the scanner would find them
-        (the last of repeated keys wins, as in `json.loads`), in the order of ``wanted``.
+        could go on in the next chunk. The values are the ones the scanner would find (the
+        last of repeated keys wins, as in `json.loads`); callers keep them by path.
         """
         if self._kinds or self._skip or self._str or self._scalar:
             return False

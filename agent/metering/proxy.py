@@ -6,7 +6,8 @@ metered chat call that dispatch took about a quarter of the proxy's CPU, which i
 adds. This entry point builds a master with just the addons a metering proxy uses: the proxy
 server, layer selection, TLS, host blocking, h2c refusal, the script loader (tests add a script),
 error logging, and `LanternMeter`. What is absent cannot write: there is no flow file, no flow
-printer and no onboarding app to turn off (DESIGN.md invariant 1).
+printer and no onboarding app to turn off (DESIGN.md invariant 1). The event loop's selector
+runs the addon's metering work whenever the loop would otherwise wait (`agent.metering.idle`).
 
 Runs inside the metering environment (`agent.metering.venv`), started by the supervisor::
 
