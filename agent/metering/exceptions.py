@@ -6,6 +6,7 @@ Hierarchy::
     └── MeteringError               base of everything below
         ├── UnknownEndpointError         the URL is not an AI endpoint Lantern meters
         ├── PricingError            a price override is malformed (names the key and reason)
+        ├── RedirectError           an iptables command for the transparent proxy failed
         └── MalformedBodyError           body bytes do not parse as the format they claim to be
             ├── TruncatedBodyError       the body ends inside a value or a frame
             └── ChecksumError       an AWS event-stream frame failed its CRC32 check
@@ -28,6 +29,10 @@ class UnknownEndpointError(MeteringError):
 
 class PricingError(MeteringError):
     """A per-organisation price override is malformed."""
+
+
+class RedirectError(MeteringError):
+    """An iptables command managing the transparent proxy's REDIRECT rules failed."""
 
 
 class MalformedBodyError(MeteringError):

@@ -26,6 +26,9 @@ excluding the metering user's own traffic so the proxy does not loop::
     ip6tables -t nat -A OUTPUT -p tcp --dport 443 -m owner ! --uid-owner lantern-meter \
               -j REDIRECT --to-ports 8118
 
+With ``metering.redirect: true`` the supervisor adds these rules itself (chain LANTERN-METER)
+once the proxy listens and removes them whenever it is not running (`agent.metering.redirect`).
+
 mitmproxy reads each redirected connection's original destination (SO_ORIGINAL_DST) and the
 TLS SNI; only catalog hosts are intercepted, the rest is relayed as opaque TCP to where the
 client was going. REDIRECT sends IPv4 connections to 127.0.0.1 and IPv6 ones to ::1, so with
@@ -55,6 +58,8 @@ from pathlib import Path
 from agent.counters import Counters
 from agent.exceptions import ConfigError
 from agent.metering.ca import CaFiles, ensure_ca, export_certificate
+from agent.metering.exceptions import RedirectError
+from agent.metering.redirect import RedirectRules, missing_tools
 from agent.metering.venv import DEFAULT_PATH as DEFAULT_VENV
 from agent.metering.venv import mitmdump_path, python_path
 from agent.options import Option, Options
@@ -85,8 +90,8 @@ def declare_options(options: Options) -> None:
             str,
             "regular",
             "regular: explicit/PAC proxy on listen_host:listen_port; transparent: Linux, "
-            "connections redirected by an iptables rule the admin adds (also listens on ::1 "
-            "when listen_host is 127.0.0.1, for ip6tables' redirects).",
+            "connections redirected by iptables rules (metering.redirect, or the admin's; also "
+            "listens on ::1 when listen_host is 127.0.0.1, for ip6tables' redirects).",
             choices=MODES,
         ),
         Option("metering.listen_host", str, "127.0.0.1", "Address the metering proxy listens on."),
@@ -117,6 +122,15 @@ def declare_options(options: Options) -> None:
             None,
             "mitmproxy's confdir (holds only the per-device CA). "
             "Default: <metering.dir>/mitmproxy.",
+        ),
+        Option(
+            "metering.redirect",
+            bool,
+            False,
+            "transparent mode: the agent adds the iptables/ip6tables REDIRECT rules itself "
+            "(chain LANTERN-METER) once the proxy accepts connections, and removes them when it "
+            "exits or stops, so HTTPS is never sent to a proxy that is not there. Needs root. "
+            "Off: the admin adds the rules (README).",
         ),
         Option(
             "metering.upstream_ca",
@@ -182,6 +196,21 @@ def ipv6_loopback() -> bool:
     return True
 
 
+def _listening(port: int) -> bool:
+    """Some TCP socket of this network namespace listens on ``port`` (Linux /proc/net)."""
+    want = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[1].endswith(want) and fields[3] == "0A":  # LISTEN
+                return True
+    return False
+
+
 def _run_as(options: Options) -> tuple[int, int] | None:
     """(uid, gid) to drop to, or None when the agent is not root."""
     if os.geteuid() != 0:
@@ -236,6 +265,8 @@ class MeteringSupervisor:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
+        self.redirect: RedirectRules | None = None  # set by prepare() with metering.redirect
+        self._redirecting = False
 
     @property
     def uid(self) -> int:
@@ -248,6 +279,9 @@ class MeteringSupervisor:
         """Directories, CA, key secret and exported certificate; safe to call again."""
         if self.mode == "transparent" and sys.platform != "linux":
             raise ConfigError("metering.mode: transparent is supported on Linux only")
+        if self.options["metering.redirect"]:
+            self.redirect = self._redirect_rules()
+            self.redirect.remove()  # left by an agent that was killed: nothing listens now
         if not (self.mitmdump.exists() and self.python.exists()):
             raise ConfigError(
                 f"metering.venv: no mitmproxy in {self.python.parent.parent}; create it with "
@@ -278,6 +312,47 @@ class MeteringSupervisor:
         if self.mode == "transparent" and host == "127.0.0.1" and ipv6_loopback():
             addresses.append(("::1", port))
         return addresses
+
+    def _redirect_rules(self) -> RedirectRules:
+        if self.mode != "transparent":
+            raise ConfigError("metering.redirect: only with metering.mode transparent")
+        if os.geteuid() != 0:
+            raise ConfigError("metering.redirect: the agent must run as root to set iptables rules")
+        tools = ["iptables", *(["ip6tables"] if ipv6_loopback() else [])]
+        missing = missing_tools(tools)
+        if missing:
+            raise ConfigError(f"metering.redirect: {', '.join(missing)} not found")
+        return RedirectRules(self.listen[1], self.uid, tools)
+
+    def _set_redirect(self, on: bool) -> None:
+        """Add or remove the REDIRECT rules; a failure is logged and counted, never raised
+        (the proxy still serves explicit clients)."""
+        if self.redirect is None:
+            return
+        with self._lock:
+            if on == self._redirecting or (on and self._stopping.is_set()):
+                return
+            try:
+                if on:
+                    self.redirect.install()
+                else:
+                    self.redirect.remove()
+            except (RedirectError, OSError, subprocess.SubprocessError) as exc:
+                log.error("metering redirect: %s", exc)
+                self.counters.inc("metering.redirect.failed")
+                return
+            self._redirecting = on
+            self.counters.inc("metering.redirect.on" if on else "metering.redirect.off")
+
+    def _await_listening(self, proc: subprocess.Popen[bytes]) -> bool:
+        """True once the proxy listens on its port; False if it exits or we stop first.
+        Read from /proc/net, not by connecting: a connection made straight to a transparent
+        proxy has no original destination but the proxy itself."""
+        while not self._stopping.is_set() and proc.poll() is None:
+            if _listening(self.listen[1]):
+                return True
+            self._stopping.wait(0.1)
+        return False
 
     def command(self) -> list[str]:
         host, port = self.listen
@@ -371,7 +446,10 @@ class MeteringSupervisor:
             if proc is None:
                 return
             started = time.monotonic()
+            if self.redirect is not None and self._await_listening(proc):
+                self._set_redirect(True)
             code = proc.wait()
+            self._set_redirect(False)  # at once: HTTPS goes direct while there is no proxy
             self._last_exit = code
             if self._stopping.is_set():
                 return
@@ -393,6 +471,7 @@ class MeteringSupervisor:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``stop_timeout``; waits for the watcher."""
         self._stopping.set()
+        self._set_redirect(False)  # before the proxy goes: new connections go direct
         with self._lock:
             proc = self._proc
         if proc is not None and proc.poll() is None:
@@ -431,6 +510,8 @@ class MeteringSupervisor:
             problems.append("metering process is not running")
         if self._restarts:
             problems.append(f"metering process restarted {self._restarts} times")
+        if self.redirect is not None and running and not self._redirecting:
+            problems.append("transparent redirect rules are not in place")
         return MeteringHealth(
             state=self._state,
             pid=proc.pid if running and proc is not None else None,

@@ -1,11 +1,13 @@
 """TEST-ONLY: the metering stack in transparent mode, run inside the test's workstation namespace.
 
-    ip netns exec NS python tests/metering/netns_meter.py WORK UPSTREAM_CA PORT
+    ip netns exec NS python tests/metering/netns_meter.py WORK UPSTREAM_CA PORT [--redirect]
 
 Runs `running_meter` (the real supervisor, mitmdump as the unprivileged metering user, the
 agent's receiver and spool) with ``metering.mode: transparent`` on PORT, with no upstream
 redirection: upstream connections go to each client's original destination, which in the test's
-namespaces is the peer namespace. Prints ``ready`` and the proxy's command line, then
+namespaces is the peer namespace. ``--redirect`` sets ``metering.redirect`` (the supervisor
+adds and removes the REDIRECT rules; the proxy is restarted 5 s after it dies, not 1 s).
+Prints ``ready`` and the proxy's command line, ``pid`` and the proxy's pid, then
 ``records N`` whenever the spool has N usage records, and stops when stdin closes, printing the
 agent's counters as ``counters {...}``.
 """
@@ -24,8 +26,18 @@ from tests.metering.proxykit import running_meter
 
 def main() -> None:
     work, upstream_ca, port = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-    with running_meter(None, upstream_ca, work, mode="transparent", listen_port=port) as m:
+    redirect = "--redirect" in sys.argv[4:]
+    with running_meter(
+        None,
+        upstream_ca,
+        work,
+        mode="transparent",
+        listen_port=port,
+        redirect=redirect,
+        min_backoff=5.0 if redirect else 1.0,
+    ) as m:
         print("ready", json.dumps(m.supervisor.command()), flush=True)
+        print("pid", m.supervisor.health().pid, flush=True)
         stop = threading.Event()
 
         def report() -> None:

@@ -294,6 +294,8 @@ def running_meter(
     connection_strategy: str = "lazy",
     mode: str = "regular",
     listen_port: int | None = None,
+    redirect: bool = False,
+    min_backoff: float = 1.0,
 ) -> Iterator[Meter]:
     """The real metering stack on loopback; everything it writes lands under ``work``.
 
@@ -319,12 +321,13 @@ def running_meter(
         "metering.user": meter_user(),
         "metering.dir": str(work / "meter"),
         "metering.upstream_ca": None if upstream_ca is None else str(upstream_ca),
+        "metering.redirect": redirect,
     }.items():
         options.set(key, value, "test")
     counters = Counters()
     st = state.StateDir.from_options(options)
     st.create()
-    redirect = (
+    upstream = (
         ["-s", str(REDIRECT_ADDON), "--set", f"test_upstream_port={upstream_port}"]
         if upstream_port is not None
         else []
@@ -332,7 +335,8 @@ def running_meter(
     supervisor = sup.MeteringSupervisor(
         options,
         counters,
-        extra_args=[*redirect, "--set", f"connection_strategy={connection_strategy}"],
+        extra_args=[*upstream, "--set", f"connection_strategy={connection_strategy}"],
+        min_backoff=min_backoff,
     )
     supervisor.prepare()
     spool = Spool(st.spool, counters=counters)

@@ -208,7 +208,19 @@ def world() -> Iterator[World]:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def build(ns: NetnsPair, user: str, work: Path, etc: Path, procs: list[Lines]) -> World:
+@dataclass
+class Upstream:
+    """The peer namespace's servers and the PKI they answer with."""
+
+    provider_ca: Path
+    provider_cert: Path
+    site_ca: Path
+    site_cert: Path
+    out: Lines
+
+
+def start_upstream(ns: NetnsPair, work: Path, etc: Path, procs: list[Lines]) -> Upstream:
+    """/etc/hosts for the workstation namespace, and the provider and the site in the peer."""
     sh("ip", "-n", ns.peer, "addr", "add", f"{SITE_IP}/24", "dev", ns.peer_if)
     etc.mkdir(parents=True, exist_ok=True)
     hosts = "".join(f"{ip} {name}\n" for name, ip in NAMES.items())
@@ -237,13 +249,24 @@ def build(ns: NetnsPair, user: str, work: Path, etc: Path, procs: list[Lines]) -
             }
         )
     )
-    py = sys.executable
-    provider, provider_out = spawn(
-        ns.exec_args(ns.peer, py, str(HERE / "netns_provider.py"), str(provider_config)),
+    _, provider_out = spawn(
+        ns.exec_args(
+            ns.peer, sys.executable, str(HERE / "netns_provider.py"), str(provider_config)
+        ),
         up / "provider.log",
     )
     procs.append(provider_out)
     provider_out.until("ready", 30)
+    return Upstream(provider_ca, provider_cert, site_ca, site_cert, provider_out)
+
+
+def build(ns: NetnsPair, user: str, work: Path, etc: Path, procs: list[Lines]) -> World:
+    upstream = start_upstream(ns, work, etc, procs)
+    up = work / "upstream"
+    provider_ca, provider_cert = upstream.provider_ca, upstream.provider_cert
+    site_ca, site_cert, provider_out = upstream.site_ca, upstream.site_cert, upstream.out
+    provider = provider_out.proc
+    py = sys.executable
 
     for rule in documented_rules(meter_user()):
         sh(*ns.exec_args(ns.agent, *rule))
