@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,28 +185,43 @@ def client_calls() -> list[dict[str, Any]]:
     ]
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
+@dataclass
+class Namespaces:
+    """The workstation and peer namespaces, a throwaway client user, and what to clean up."""
+
+    ns: NetnsPair
+    user: str
+    work: Path
+    etc: Path
+    procs: list[Lines]
+
+
+@contextmanager
+def namespaces(user_prefix: str) -> Iterator[Namespaces]:
     need_root_netns()
     for tool in ("iptables", "ip6tables"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: `./dev test` installs it (apt package iptables)")
     meter_venv()  # created before the namespaces exist (it may need the package index)
     tag = uuid.uuid4().hex[:5]
-    with netns_pair() as ns, os_users(f"lt-tp-{tag}") as (user,):
+    with netns_pair() as ns, os_users(f"{user_prefix}-{tag}") as (user,):
         work = shared_workdir()
         etc = Path("/etc/netns") / ns.agent
         procs: list[Lines] = []
         try:
-            yield build(ns, user, work, etc, procs)
+            yield Namespaces(ns, user, work, etc, procs)
         finally:
             for lines in procs:
-                if lines.proc.poll() is None:
-                    lines.proc.kill()
-                    lines.proc.wait()
+                finish(lines.proc)  # closes its stdin (the children's signal to stop), waits
                 lines.reader.join(10)
             shutil.rmtree(etc, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with namespaces("lt-tp") as n:
+        yield build(n.ns, n.user, n.work, n.etc, n.procs)
 
 
 @dataclass

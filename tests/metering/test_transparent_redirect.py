@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -23,18 +22,18 @@ from typing import Any
 import pytest
 
 from agent.metering.redirect import CHAIN
-from tests.metering.proxykit import meter_user, meter_venv, shared_workdir
+from tests.metering.proxykit import meter_user
 from tests.metering.test_transparent import (
     HERE,
     PORT,
-    Lines,
     client_calls,
     finish,
+    namespaces,
     spawn,
     start_upstream,
     subject,
 )
-from tests.netns import NetnsPair, need_root_netns, netns_pair, os_users, sh
+from tests.netns import NetnsPair, sh
 
 pytestmark = [
     pytest.mark.root,
@@ -83,65 +82,50 @@ def _call(ns: NetnsPair, user: str, work: Path, name: str, cafiles: list[Path]) 
 
 
 def test_the_rules_exist_exactly_while_the_proxy_listens() -> None:
-    need_root_netns()
-    for tool in ("iptables", "ip6tables"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is missing: `./dev test` installs it (apt package iptables)")
-    meter_venv()
-    tag = uuid.uuid4().hex[:5]
-    with netns_pair() as ns, os_users(f"lt-rd-{tag}") as (user,):
-        work = shared_workdir()
-        etc = Path("/etc/netns") / ns.agent
-        procs: list[Lines] = []
-        try:
-            upstream = start_upstream(ns, work, etc, procs)
-            assert not _jumps(ns, "iptables")  # nothing by hand
-            meter, meter_out = spawn(
-                ns.exec_args(
-                    ns.agent,
-                    *(sys.executable, str(HERE / "netns_meter.py"), str(work)),
-                    *(str(upstream.provider_ca), str(PORT), "--redirect"),
-                ),
-                work / "upstream" / "meter.log",
-            )
-            procs.append(meter_out)
-            meter_out.until("ready", 90)
-            pid = int(meter_out.until("pid", 10).split()[1])
-            device_ca = work / "run" / "lantern-metering-ca.pem"
-            trusted = [device_ca, upstream.site_ca]
+    with namespaces("lt-rd") as n:
+        ns, user, work = n.ns, n.user, n.work
+        upstream = start_upstream(ns, work, n.etc, n.procs)
+        assert not _jumps(ns, "iptables")  # nothing by hand
+        meter, meter_out = spawn(
+            ns.exec_args(
+                ns.agent,
+                *(sys.executable, str(HERE / "netns_meter.py"), str(work)),
+                *(str(upstream.provider_ca), str(PORT), "--redirect"),
+            ),
+            work / "upstream" / "meter.log",
+        )
+        n.procs.append(meter_out)
+        meter_out.until("ready", 90)
+        pid = int(meter_out.until("pid", 10).split()[1])
+        device_ca = work / "run" / "lantern-metering-ca.pem"
+        trusted = [device_ca, upstream.site_ca]
 
-            # The proxy listens: both families redirect, the proxy's own user exempt.
-            uid = sh("id", "-u", meter_user()).stdout.strip()
-            _until(lambda: _jumps(ns, "iptables") and _jumps(ns, "ip6tables"), 30, "rules added")
-            for tool in ("iptables", "ip6tables"):
-                (rule,) = [r for r in _chain(ns, tool) if r.startswith(f"-A {CHAIN}")]
-                assert f"--uid-owner {uid}" in rule and f"--to-ports {PORT}" in rule, rule
-            chat = _call(ns, user, work, "chat", trusted)
-            assert chat["status"] == 200 and chat["issuer"] == subject(device_ca), chat
-            meter_out.until("records 1", 30)
+        # The proxy listens: both families redirect, the proxy's own user exempt.
+        uid = sh("id", "-u", meter_user()).stdout.strip()
+        _until(lambda: _jumps(ns, "iptables") and _jumps(ns, "ip6tables"), 30, "rules added")
+        for tool in ("iptables", "ip6tables"):
+            (rule,) = [r for r in _chain(ns, tool) if r.startswith(f"-A {CHAIN}")]
+            assert f"--uid-owner {uid}" in rule and f"--to-ports {PORT}" in rule, rule
+        chat = _call(ns, user, work, "chat", trusted)
+        assert chat["status"] == 200 and chat["issuer"] == subject(device_ca), chat
+        meter_out.until("records 1", 30)
 
-            # The proxy dies: the rules go before it is back, and HTTPS goes direct.
-            os.kill(pid, signal.SIGKILL)
-            gone = lambda: not (_jumps(ns, "iptables") or _jumps(ns, "ip6tables"))  # noqa: E731
-            _until(gone, 5, "rules removed")
-            assert _chain(ns, "iptables") == [] and _chain(ns, "ip6tables") == []
-            site = _call(ns, user, work, "site", trusted)
-            assert site["status"] == 200 and site["issuer"] == subject(upstream.site_ca), site
-            direct = _call(ns, user, work, "chat", [*trusted, upstream.provider_ca])
-            assert direct["issuer"] == subject(upstream.provider_ca), direct  # not intercepted
+        # The proxy dies: the rules go before it is back, and HTTPS goes direct.
+        os.kill(pid, signal.SIGKILL)
+        gone = lambda: not (_jumps(ns, "iptables") or _jumps(ns, "ip6tables"))  # noqa: E731
+        _until(gone, 5, "rules removed")
+        assert _chain(ns, "iptables") == [] and _chain(ns, "ip6tables") == []
+        site = _call(ns, user, work, "site", trusted)
+        assert site["status"] == 200 and site["issuer"] == subject(upstream.site_ca), site
+        direct = _call(ns, user, work, "chat", [*trusted, upstream.provider_ca])
+        assert direct["issuer"] == subject(upstream.provider_ca), direct  # not intercepted
 
-            # Restarted: the rules are back, and calls are metered again.
-            _until(lambda: _jumps(ns, "iptables"), 60, "rules added after the restart")
-            again = _call(ns, user, work, "chat", trusted)
-            assert again["issuer"] == subject(device_ca), again
+        # Restarted: the rules are back, and calls are metered again.
+        _until(lambda: _jumps(ns, "iptables"), 60, "rules added after the restart")
+        again = _call(ns, user, work, "chat", trusted)
+        assert again["issuer"] == subject(device_ca), again
 
-            # The agent stops: no rule, no chain.
-            finish(meter)
-            for tool in ("iptables", "ip6tables"):
-                assert not _jumps(ns, tool) and _chain(ns, tool) == []
-        finally:
-            for lines in procs:
-                finish(lines.proc)  # closes its stdin (the provider's signal to stop) and waits
-                lines.reader.join(10)
-            shutil.rmtree(etc, ignore_errors=True)
-            shutil.rmtree(work, ignore_errors=True)
+        # The agent stops: no rule, no chain.
+        finish(meter)
+        for tool in ("iptables", "ip6tables"):
+            assert not _jumps(ns, tool) and _chain(ns, tool) == []
