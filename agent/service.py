@@ -329,6 +329,10 @@ def run_agent(config_path: Path | None, pcap: Path | None = None) -> int:
             api.start()
         if pcap is None and agent.options["metering.enabled"]:
             metering = start_metering(agent)
+        elif pcap is None and agent.options["metering.redirect"] and os.geteuid() == 0:
+            from agent.metering.redirect import clear_left_behind  # noqa: PLC0415 - optional
+
+            clear_left_behind()
         if agent.uploader is not None:
             agent.uploader.start()
         return agent.run()

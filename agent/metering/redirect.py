@@ -93,3 +93,14 @@ class RedirectRules:
 
 def missing_tools(tools: Sequence[str]) -> list[str]:
     return [t for t in tools if shutil.which(t) is None]
+
+
+def clear_left_behind() -> None:
+    """Remove the chain and OUTPUT's jump that an agent killed outright left behind, when this
+    agent runs with ``metering.redirect`` but without metering (nothing else would remove
+    them, and they send all HTTPS to a port nobody listens on). Errors are logged only."""
+    tools = [t for t in ("iptables", "ip6tables") if shutil.which(t) is not None]
+    try:
+        RedirectRules(0, 0, tools).remove()
+    except (RedirectError, OSError, subprocess.SubprocessError) as exc:
+        log.error("metering redirect: cannot remove rules left behind: %s", exc)

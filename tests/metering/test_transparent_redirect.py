@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -129,3 +130,55 @@ def test_the_rules_exist_exactly_while_the_proxy_listens() -> None:
         finish(meter)
         for tool in ("iptables", "ip6tables"):
             assert not _jumps(ns, tool) and _chain(ns, tool) == []
+
+
+def test_an_agent_without_metering_removes_rules_a_killed_agent_left() -> None:
+    """A killed agent's rules send all HTTPS to a port nobody listens on; an agent started
+    with ``metering.redirect`` but metering off (nothing else would) removes them."""
+    lantern = str(Path(sys.executable).with_name("lantern"))
+    with namespaces("lt-rl") as n:
+        ns = n.ns
+        for tool in ("iptables", "ip6tables"):
+            for rule in (
+                ["-N", CHAIN],
+                [
+                    "-A",
+                    CHAIN,
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    "443",
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    "8118",
+                ],
+                ["-I", "OUTPUT", "1", "-j", CHAIN],
+            ):
+                sh(*ns.exec_args(ns.agent, tool, "-w", "-t", "nat", *rule))
+            assert _jumps(ns, tool)
+        config = n.work / "agent.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "state": {"dir": str(n.work / "state"), "runtime_dir": str(n.work / "run")},
+                    "capture": {"interfaces": ["lo"]},
+                    "metering": {"redirect": True},  # metering.enabled stays false
+                }
+            )
+        )
+        log = n.work / "agent.log"
+        with log.open("w") as out:
+            agent = subprocess.Popen(
+                ns.exec_args(ns.agent, lantern, "agent", "run", "--config", str(config)),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            gone = lambda: not (_jumps(ns, "iptables") or _jumps(ns, "ip6tables"))  # noqa: E731
+            _until(gone, 30, "the left-behind rules are removed")
+            assert _chain(ns, "iptables") == [] and _chain(ns, "ip6tables") == []
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(20)
+        assert agent.returncode == 0, log.read_text()
