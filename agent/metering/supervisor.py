@@ -55,6 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.attribution.sockets import TCP_LISTEN, SockDiag, SockDiagError
 from agent.counters import Counters
 from agent.exceptions import ConfigError
 from agent.metering.ca import CaFiles, ensure_ca, export_certificate
@@ -196,18 +197,21 @@ def ipv6_loopback() -> bool:
     return True
 
 
-def _listening(port: int) -> bool:
-    """Some TCP socket of this network namespace listens on ``port`` (Linux /proc/net)."""
-    want = f":{port:04X}"
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 3 and fields[1].endswith(want) and fields[3] == "0A":  # LISTEN
-                return True
+def _listening(port: int, uid: int) -> bool:
+    """A TCP socket of ``uid`` listens on ``port`` in this network namespace (sock_diag)."""
+    try:
+        diag = SockDiag()
+    except SockDiagError:
+        return False
+    try:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for s in diag.dump(family, "tcp", states=1 << TCP_LISTEN):
+                if s.lport == port and s.uid == uid:
+                    return True
+    except OSError:
+        return False
+    finally:
+        diag.close()
     return False
 
 
@@ -346,10 +350,11 @@ class MeteringSupervisor:
 
     def _await_listening(self, proc: subprocess.Popen[bytes]) -> bool:
         """True once the proxy listens on its port; False if it exits or we stop first.
-        Read from /proc/net, not by connecting: a connection made straight to a transparent
-        proxy has no original destination but the proxy itself."""
+        Asked of the kernel (sock_diag), not by connecting: a connection made straight to a
+        transparent proxy has no original destination but the proxy itself. Only the proxy's
+        uid counts, so another program holding the port does not pass for it."""
         while not self._stopping.is_set() and proc.poll() is None:
-            if _listening(self.listen[1]):
+            if _listening(self.listen[1], self.uid):
                 return True
             self._stopping.wait(0.1)
         return False
