@@ -82,15 +82,21 @@ def revoked_token(c: CollectorProcess) -> str:
     return token
 
 
-@pytest.mark.parametrize(
-    ("make_token", "code", "message"),
-    [
-        (lambda c: c.create_token(-10), grpc.StatusCode.PERMISSION_DENIED, "expired at"),
-        (lambda c: "lnt_deadbeef_guessed", grpc.StatusCode.UNAUTHENTICATED, "not known"),
-        (revoked_token, grpc.StatusCode.PERMISSION_DENIED, "has been revoked"),
-    ],
-    ids=["expired", "unknown", "revoked"],
-)
+# (how to make the token, the status, what the message says); the ids name them
+REFUSED_TOKENS = [
+    pytest.param(
+        lambda c: c.create_token(-10), grpc.StatusCode.PERMISSION_DENIED, "expired at", id="expired"
+    ),
+    pytest.param(
+        lambda c: "lnt_deadbeef_guessed", grpc.StatusCode.UNAUTHENTICATED, "not known", id="unknown"
+    ),
+    pytest.param(
+        revoked_token, grpc.StatusCode.PERMISSION_DENIED, "has been revoked", id="revoked"
+    ),
+]
+
+
+@pytest.mark.parametrize(("make_token", "code", "message"), REFUSED_TOKENS)
 def test_refused_tokens_say_why(
     collector: CollectorProcess, make_token: object, code: grpc.StatusCode, message: str
 ) -> None:
@@ -109,12 +115,11 @@ def used_up_token(c: CollectorProcess) -> str:
 @pytest.mark.parametrize(
     ("make_token", "code", "message"),
     [
-        (lambda c: c.create_token(-10), grpc.StatusCode.PERMISSION_DENIED, "expired at"),
-        (lambda c: "lnt_deadbeef_guessed", grpc.StatusCode.UNAUTHENTICATED, "not known"),
-        (revoked_token, grpc.StatusCode.PERMISSION_DENIED, "has been revoked"),
-        (used_up_token, grpc.StatusCode.PERMISSION_DENIED, "no uses left"),
+        *REFUSED_TOKENS,
+        pytest.param(
+            used_up_token, grpc.StatusCode.PERMISSION_DENIED, "no uses left", id="used-up"
+        ),
     ],
-    ids=["expired", "unknown", "revoked", "used-up"],
 )
 def test_a_bad_token_is_refused_before_the_csr_is_read(
     collector: CollectorProcess, make_token: object, code: grpc.StatusCode, message: str
