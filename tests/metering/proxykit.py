@@ -254,6 +254,23 @@ def meter_user() -> str:
     return "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
 
 
+def metering_options(work: Path, values: dict[str, object]) -> Options:
+    """The options a metering supervisor reads, its state under ``work``, metering on and run
+    as `meter_user`; ``values`` sets more or overrides."""
+    options = Options()
+    state.declare_options(options)
+    sup.declare_options(options)
+    for key, value in {
+        "state.dir": str(work / "state"),
+        "metering.enabled": True,
+        "metering.user": meter_user(),
+        "metering.dir": str(work / "meter"),
+        **values,
+    }.items():
+        options.set(key, value, "test")
+    return options
+
+
 @dataclass
 class Meter:
     work: Path
@@ -307,23 +324,18 @@ def running_meter(
     own CA list, which does not know it.
     """
     venv = meter_venv()
-    options = Options()
-    state.declare_options(options)
-    sup.declare_options(options)
     port = listen_port or free_port()
-    for key, value in {
-        "state.dir": str(work / "state"),
-        "state.runtime_dir": str(work / "run"),
-        "metering.enabled": True,
-        "metering.mode": mode,
-        "metering.listen_port": port,
-        "metering.venv": str(venv),
-        "metering.user": meter_user(),
-        "metering.dir": str(work / "meter"),
-        "metering.upstream_ca": None if upstream_ca is None else str(upstream_ca),
-        "metering.redirect": redirect,
-    }.items():
-        options.set(key, value, "test")
+    options = metering_options(
+        work,
+        {
+            "state.runtime_dir": str(work / "run"),
+            "metering.mode": mode,
+            "metering.listen_port": port,
+            "metering.venv": str(venv),
+            "metering.upstream_ca": None if upstream_ca is None else str(upstream_ca),
+            "metering.redirect": redirect,
+        },
+    )
     counters = Counters()
     st = state.StateDir.from_options(options)
     st.create()

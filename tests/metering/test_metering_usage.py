@@ -315,36 +315,26 @@ def test_ca_is_made_once_with_a_private_key_and_exported(tmp_path: Path) -> None
 
 
 def test_supervisor_restarts_with_backoff_and_stops() -> None:
-    from agent import state
     from agent.metering import supervisor as sup
-    from agent.options import Options
     from tests.metering.proxykit import remove_workdir, shared_workdir
 
     tmp_path = shared_workdir()  # the unprivileged user must reach the fake proxy
     try:
-        _restarts(tmp_path, state, sup, Options)
+        _restarts(tmp_path, sup)
     finally:
         remove_workdir(tmp_path)
 
 
-def _restarts(tmp_path: Path, state: Any, sup: Any, Options: Any) -> None:  # noqa: N803
+def _restarts(tmp_path: Path, sup: Any) -> None:
+    from tests.metering.proxykit import metering_options
+
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "mitmdump").write_text("#!/bin/sh\nexit 1\n")  # proof mitmproxy is there
     fake = venv / "bin" / "python"  # the proxy runs as `python -I -m agent.metering.proxy`
     fake.write_text('#!/bin/sh\necho started >> "$HOME/runs"\nsleep 0.2\nexit 3\n')
     fake.chmod(0o755)
-    options = Options()
-    state.declare_options(options)
-    sup.declare_options(options)
-    for key, value in {
-        "state.dir": str(tmp_path / "state"),
-        "metering.enabled": True,
-        "metering.venv": str(venv),
-        "metering.user": "nobody",
-        "metering.dir": str(tmp_path / "meter"),
-    }.items():
-        options.set(key, value, "test")
+    options = metering_options(tmp_path, {"metering.venv": str(venv)})
     (tmp_path / "state").mkdir()
     counters = Counters()
     s = sup.MeteringSupervisor(options, counters, min_backoff=0.05, max_backoff=0.2)

@@ -109,23 +109,11 @@ def test_every_command_waits_for_the_xtables_lock() -> None:
 
 
 def test_the_supervisor_refuses_redirect_outside_transparent_mode(tmp_path: Path) -> None:
-    from agent import state
     from agent.counters import Counters
     from agent.exceptions import ConfigError
     from agent.metering import supervisor as sup
-    from agent.options import Options
+    from tests.metering.proxykit import metering_options
 
-    options = Options()
-    state.declare_options(options)
-    sup.declare_options(options)
-    for key, value in {
-        "state.dir": str(tmp_path / "state"),
-        "metering.enabled": True,
-        "metering.mode": "regular",
-        "metering.redirect": True,
-        "metering.user": "nobody",  # as root the proxy's user must exist
-        "metering.dir": str(tmp_path / "meter"),
-    }.items():
-        options.set(key, value, "test")
+    options = metering_options(tmp_path, {"metering.mode": "regular", "metering.redirect": True})
     with pytest.raises(ConfigError, match=r"only with metering\.mode transparent"):
         sup.MeteringSupervisor(options, Counters()).prepare()
