@@ -15,6 +15,7 @@ import pwd
 import shutil
 import socket
 import ssl
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -38,6 +40,11 @@ from agent.options import Options
 from agent.spool import Spool
 
 REDIRECT_ADDON = Path(__file__).with_name("upstream_redirect.py")
+# The marks of every test that runs the real metering stack.
+METER_TEST_MARKS = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform != "linux", reason="SO_PEERCRED and the meter are Linux"),
+]
 HOSTS = (
     "api.openai.com",
     "api.anthropic.com",

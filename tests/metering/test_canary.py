@@ -18,7 +18,6 @@ import json
 import os
 import pwd
 import sqlite3
-import sys
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from agent.records import UsageRecord
 from tests.metering import meterkit
 from tests.metering.proxykit import (
     HOSTS,
+    METER_TEST_MARKS,
     FakeProvider,
     Meter,
     Received,
@@ -42,10 +42,7 @@ from tests.metering.proxykit import (
     shared_workdir,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(sys.platform != "linux", reason="SO_PEERCRED and the meter are Linux"),
-]
+pytestmark = METER_TEST_MARKS
 
 
 def canary(tag: str) -> str:

@@ -12,7 +12,6 @@ canaries that no file Lantern wrote may contain.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ import pytest
 from agent.records import UsageRecord
 from tests.metering.proxykit import (
     HOSTS,
+    METER_TEST_MARKS,
     FakeProvider,
     Meter,
     Received,
@@ -35,10 +35,7 @@ from tests.metering.proxykit import (
     shared_workdir,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(sys.platform != "linux", reason="SO_PEERCRED and the meter are Linux"),
-]
+pytestmark = METER_TEST_MARKS
 
 C = {
     name: f"CANARY{name}{uuid.uuid4().hex}"

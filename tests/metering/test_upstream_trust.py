@@ -4,7 +4,6 @@ private CA in front of them needs its own), tested with a real mitmdump and a re
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from agent.exceptions import ConfigError
 from agent.metering import supervisor as sup
 from agent.options import Options
 from tests.metering.proxykit import (
+    METER_TEST_MARKS,
     FakeProvider,
     Received,
     Reply,
@@ -25,10 +25,7 @@ from tests.metering.proxykit import (
     shared_workdir,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(sys.platform != "linux", reason="SO_PEERCRED and the meter are Linux"),
-]
+pytestmark = METER_TEST_MARKS
 HOST = "api.openai.com"
 ANSWER = {
     "id": "chatcmpl-1",

@@ -16,7 +16,6 @@ import math
 import os
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from agent.records import UsageRecord
 from tests.metering.proxykit import (
+    METER_TEST_MARKS,
     Meter,
     make_server_pki,
     meter_venv,
@@ -39,10 +39,7 @@ from tests.metering.proxykit import (
     shared_workdir,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(sys.platform != "linux", reason="SO_PEERCRED and the meter are Linux"),
-]
+pytestmark = METER_TEST_MARKS
 
 C = {name: f"CANARY{name}{uuid.uuid4().hex}" for name in ("prompt", "answer", "echo", "header")}
 BINARY = os.urandom(48_000) + C["echo"].encode()  # also crosses several 4 KB fragments
